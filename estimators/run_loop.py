@@ -1,0 +1,343 @@
+"""The one run loop every model uses: flags -> backend -> RunConfig -> Estimator -> mode.
+
+Entry scripts are two lines (`run_loop.main("amoeba_net")`). Modes:
+  train            train to the step budget (resumes from the latest checkpoint)
+  eval             evaluate the latest checkpoint, or --checkpoint_path
+  continuous_eval  evaluate each new checkpoint until training ends or --eval_timeout passes
+  train_and_eval   alternate training (--steps_per_eval) and evaluation
+  predict          write predictions for the eval input to --predictions_file (JSON lines)
+A SavedModel is exported to --export_dir after training when the model has a serving input.
+Every run ends with one parseable line: `Final metrics: {json}`.
+"""
+import json
+import os
+import time
+
+import numpy as np
+import tensorflow.compat.v1 as tf
+from absl import app
+from absl import flags
+from absl import logging
+
+from estimators import registry
+from migration import backend as backend_lib
+from migration import estimator as estimator_lib
+from migration import precision
+from migration import run_config as run_config_lib
+from migration import validation
+
+FLAGS = flags.FLAGS
+MODES = ("train", "eval", "continuous_eval", "train_and_eval", "predict")
+FINAL_METRICS_PREFIX = "Final metrics: "
+
+
+def define_common_flags():
+  """Flags shared by every model (models add their own and may change these defaults)."""
+  flags.DEFINE_enum("mode", "train_and_eval", MODES, "What to run.")
+  flags.DEFINE_string("data_dir", None, "Folder of the input data.")
+  flags.DEFINE_string("model_dir", None, "Checkpoints, summaries and logs go here.")
+  flags.DEFINE_integer("train_batch_size", 64, "Global training batch size.")
+  flags.DEFINE_integer("eval_batch_size", 64, "Evaluation batch size.")
+  flags.DEFINE_integer("predict_batch_size", None, "Prediction batch size (default: eval).")
+  flags.DEFINE_integer("train_steps", None,
+                       "Training steps in all; default: from the model's epochs flag.")
+  flags.DEFINE_integer("steps_per_eval", None, "Training steps between evaluations in "
+                       "train_and_eval (default: from the model, else once at the end).")
+  flags.DEFINE_integer("eval_steps", None, "Batches per evaluation (default: whole set).")
+  flags.DEFINE_string("checkpoint_path", None, "Checkpoint to evaluate/predict "
+                      "(default: the latest in --model_dir).")
+  flags.DEFINE_integer("eval_timeout", 86400, "continuous_eval: seconds to wait for a "
+                       "new checkpoint before stopping.")
+  flags.DEFINE_string("export_dir", None, "Export a SavedModel here after training.")
+  flags.DEFINE_string("predictions_file", None,
+                      "predict: JSON-lines output (default: <model_dir>/predictions.jsonl).")
+  flags.DEFINE_enum("device", "auto", backend_lib.DEVICES, "auto: npu if npu_bridge "
+                    "imports, else gpu if TensorFlow sees one, else cpu.")
+  flags.DEFINE_integer("save_checkpoints_steps", None, "Checkpoint every N steps.")
+  flags.DEFINE_integer("save_checkpoints_secs", None,
+                       "Checkpoint every N seconds (default 600 when no steps are given).")
+  flags.DEFINE_integer("keep_checkpoint_max", 5, "Checkpoints kept.")
+  flags.DEFINE_integer("save_summary_steps", 100, "TensorBoard summaries every N steps.")
+  flags.DEFINE_integer("log_step_count_steps", 100, "Log steps/sec and examples/sec every N.")
+  flags.DEFINE_integer("tf_random_seed", None, "Graph-level random seed.")
+  flags.DEFINE_integer("intra_op_threads", 0, "0: TensorFlow's default.")
+  flags.DEFINE_integer("inter_op_threads", 0, "0: TensorFlow's default.")
+  # Ascend NPU and precision options (NPURunConfig; validated on every backend).
+  flags.DEFINE_string("precision_mode", None, "NPU precision mode, one of: %s. Off the "
+                      "NPU the reduced modes turn on TF auto mixed precision (fp16 on GPU, "
+                      "bf16 on CPU where available)." % ", ".join(validation.PRECISION_MODES))
+  flags.DEFINE_string("loss_scale", "auto", "auto (follows the precision), none, dynamic, "
+                      "or a fixed number.")
+  flags.DEFINE_string("fusion_switch_file", None, "Fusion switch JSON (NPU).")
+  flags.DEFINE_string("modify_mixlist", None, "Mixed-precision list JSON (NPU, needs an "
+                      "allow_mix_precision* mode).")
+  flags.DEFINE_integer("iterations_per_loop", 1, "Steps per Session.run on the NPU.")
+  flags.DEFINE_boolean("enable_dump", False, "NPU data dump.")
+  flags.DEFINE_string("dump_path", None, "NPU dump output folder.")
+  flags.DEFINE_string("dump_step", "0", "Steps to dump, e.g. 0|5|10 or 0-3.")
+  flags.DEFINE_enum("dump_mode", "output", validation.DUMP_MODES, "Dump op inputs/outputs.")
+  flags.DEFINE_boolean("enable_dump_debug", False, "NPU overflow dump.")
+  flags.DEFINE_enum("dump_debug_mode", "all", validation.DUMP_DEBUG_MODES, "Overflow kind.")
+  flags.DEFINE_boolean("enable_profiling", False, "NPU profiling.")
+  flags.DEFINE_string("profiling_options", None, "Profiling options as a JSON object.")
+  flags.DEFINE_boolean("hcom_parallel", True, "NPU: overlap allreduce with backprop.")
+  flags.DEFINE_boolean("enable_data_pre_proc", True, "NPU: offload the input pipeline.")
+  flags.DEFINE_boolean("mix_compile_mode", False, "NPU mixed compile (iterations_per_loop=1).")
+
+
+def npu_options(flag_values):
+  return run_config_lib.NpuOptions(**{
+      name: getattr(flag_values, name) for name in run_config_lib.NpuOptions._fields})
+
+
+def run_options(flag_values):
+  secs = flag_values.save_checkpoints_secs
+  if flag_values.save_checkpoints_steps is None and secs is None:
+    secs = 600
+  return run_config_lib.RunOptions(
+      model_dir=flag_values.model_dir,
+      save_checkpoints_steps=flag_values.save_checkpoints_steps,
+      save_checkpoints_secs=secs,
+      keep_checkpoint_max=flag_values.keep_checkpoint_max,
+      save_summary_steps=flag_values.save_summary_steps,
+      log_step_count_steps=flag_values.log_step_count_steps,
+      tf_random_seed=flag_values.tf_random_seed,
+      intra_op_threads=flag_values.intra_op_threads,
+      inter_op_threads=flag_values.inter_op_threads)
+
+
+def resolve_loss_scale(loss_scale, backend, precision_mode):
+  """`--loss_scale` -> "none", "dynamic" or a number string; auto follows the precision."""
+  if loss_scale == "auto":
+    return "dynamic" if precision.needs_loss_scaling(backend, precision_mode) else "none"
+  if loss_scale in ("none", "dynamic"):
+    return loss_scale
+  try:
+    if float(loss_scale) >= 1:
+      return loss_scale
+  except ValueError:
+    pass
+  raise validation.ConfigError("--loss_scale=%s: expected auto, none, dynamic or a number "
+                               ">= 1" % loss_scale)
+
+
+def check_common_flags(flag_values):
+  """Raises ConfigError (one line) on bad run-loop flags, before any graph is built."""
+  if not flag_values.model_dir:
+    raise validation.ConfigError("--model_dir is required")
+  if os.path.exists(flag_values.model_dir) and not os.path.isdir(flag_values.model_dir):
+    raise validation.ConfigError("--model_dir=%s exists and is not a folder"
+                                 % flag_values.model_dir)
+  for name in ("train_batch_size", "eval_batch_size", "predict_batch_size", "train_steps",
+               "steps_per_eval", "eval_steps", "save_checkpoints_steps",
+               "save_checkpoints_secs", "keep_checkpoint_max", "log_step_count_steps"):
+    value = getattr(flag_values, name)
+    if value is not None and value < 1:
+      raise validation.ConfigError("--%s=%d must be positive" % (name, value))
+  if flag_values.checkpoint_path and not tf.gfile.Exists(
+      flag_values.checkpoint_path + ".index"):
+    raise validation.ConfigError("--checkpoint_path=%s: no such checkpoint"
+                                 % flag_values.checkpoint_path)
+  if flag_values.mode in ("eval", "predict") and not (
+      flag_values.checkpoint_path or tf.train.latest_checkpoint(flag_values.model_dir or ".")):
+    raise validation.ConfigError("--mode=%s: no checkpoint in --model_dir=%s; train first "
+                                 "or pass --checkpoint_path" % (flag_values.mode,
+                                                                flag_values.model_dir))
+
+
+class ExamplesPerSecondHook(tf.train.SessionRunHook):
+  """Logs steps/sec and examples/sec every N steps and writes them as summaries."""
+
+  def __init__(self, batch_size, every_n_steps, output_dir):
+    self._batch_size = batch_size
+    self._timer = tf.train.SecondOrStepTimer(every_steps=every_n_steps)
+    self._output_dir = output_dir
+
+  def begin(self):
+    self._global_step = tf.train.get_global_step()
+    self._writer = tf.summary.FileWriterCache.get(self._output_dir)
+
+  def before_run(self, run_context):
+    return tf.train.SessionRunArgs(self._global_step)
+
+  def after_run(self, run_context, run_values):
+    step = run_values.results
+    if self._timer.should_trigger_for_step(step):
+      elapsed, steps = self._timer.update_last_triggered_step(step)
+      if elapsed and steps:
+        steps_per_sec = steps / elapsed
+        examples_per_sec = steps_per_sec * self._batch_size
+        logging.info("step %d: %.3f steps/sec, %.1f examples/sec", step, steps_per_sec,
+                     examples_per_sec)
+        self._writer.add_summary(tf.Summary(value=[
+            tf.Summary.Value(tag="examples/sec", simple_value=examples_per_sec)]), step)
+
+
+def _jsonable(value):
+  if isinstance(value, np.ndarray):
+    return value.tolist()
+  if isinstance(value, (np.generic,)):
+    return value.item()
+  if isinstance(value, bytes):
+    return value.decode("utf-8", "replace")
+  return value
+
+
+def print_final_metrics(metrics):
+  """The one parseable closing line of every run."""
+  line = FINAL_METRICS_PREFIX + json.dumps({k: _jsonable(v) for k, v in metrics.items()},
+                                           sort_keys=True)
+  print(line, flush=True)
+  return line
+
+
+class Runner(object):
+  """Holds one run's model, flags and estimator; each mode is a method."""
+
+  def __init__(self, model, flag_values, backend):
+    self.model = model
+    self.flags = flag_values
+    self.backend = backend
+    npu_opts = npu_options(flag_values)
+    config = run_config_lib.build_run_config(backend, run_options(flag_values), npu_opts)
+    params = dict(model.params(flag_values))
+    params["loss_scale"] = resolve_loss_scale(flag_values.loss_scale, backend,
+                                              flag_values.precision_mode)
+    params["compute_dtype"] = precision.compute_dtype(backend, flag_values.precision_mode)
+    logging.info("model=%s device=%s precision_mode=%s (runs as %s) loss_scale=%s",
+                 model.name, backend.device, flag_values.precision_mode,
+                 params["compute_dtype"], params["loss_scale"])
+    self.estimator = estimator_lib.create_estimator(
+        model.model_fn, config, params,
+        train_batch_size=flag_values.train_batch_size,
+        eval_batch_size=flag_values.eval_batch_size,
+        predict_batch_size=flag_values.predict_batch_size, backend=backend)
+
+  def _global_step(self):
+    latest = tf.train.latest_checkpoint(self.flags.model_dir)
+    if not latest:
+      return 0
+    return int(tf.train.load_variable(latest, tf.GraphKeys.GLOBAL_STEP))
+
+  def train(self, max_steps):
+    hooks = [ExamplesPerSecondHook(self.flags.train_batch_size,
+                                   self.flags.log_step_count_steps, self.flags.model_dir)]
+    start = time.time()
+    self.estimator.train(self.model.input_fn(self.flags, tf.estimator.ModeKeys.TRAIN),
+                         max_steps=max_steps, hooks=hooks)
+    return time.time() - start
+
+  def evaluate(self, checkpoint_path=None):
+    results = self.estimator.evaluate(
+        self.model.input_fn(self.flags, tf.estimator.ModeKeys.EVAL),
+        steps=self.model.eval_steps(self.flags), checkpoint_path=checkpoint_path)
+    logging.info("Evaluation results: %s", results)
+    return results
+
+  def run_train(self):
+    seconds = self.train(self.model.train_steps(self.flags))
+    self.export()
+    return {"mode": "train", "global_step": self._global_step(), "train_seconds": seconds}
+
+  def run_train_and_eval(self):
+    total = self.model.train_steps(self.flags)
+    interval = self.model.steps_per_eval(self.flags)
+    step = self._global_step()
+    results, seconds = {}, 0.0
+    while step < total or not results:
+      step = min(step + interval, total)
+      seconds += self.train(step)
+      results = self.evaluate()
+      step = self._global_step()
+    self.export()
+    return dict(results, mode="train_and_eval", train_seconds=seconds)
+
+  def run_eval(self):
+    return dict(self.evaluate(self.flags.checkpoint_path), mode="eval")
+
+  def run_continuous_eval(self):
+    results = {}
+    total = self.model.train_steps(self.flags)
+    for path in tf.train.checkpoints_iterator(self.flags.model_dir,
+                                              timeout=self.flags.eval_timeout):
+      results = self.evaluate(path)
+      if results.get("global_step", 0) >= total:
+        break
+    if not results:
+      logging.warning("continuous_eval: no new checkpoint within %ds", self.flags.eval_timeout)
+    return dict(results, mode="continuous_eval")
+
+  def run_predict(self):
+    path = self.flags.predictions_file or os.path.join(self.flags.model_dir,
+                                                       "predictions.jsonl")
+    count = 0
+    with tf.gfile.GFile(path + ".tmp", "w") as out:
+      for prediction in self.estimator.predict(
+          self.model.input_fn(self.flags, tf.estimator.ModeKeys.PREDICT),
+          checkpoint_path=self.flags.checkpoint_path):
+        out.write(json.dumps({k: _jsonable(v) for k, v in prediction.items()}) + "\n")
+        count += 1
+    tf.gfile.Rename(path + ".tmp", path, overwrite=True)
+    logging.info("Wrote %d predictions to %s", count, path)
+    return {"mode": "predict", "predictions": count, "predictions_file": path}
+
+  def export(self):
+    serving_fn = self.model.serving_input_receiver_fn(self.flags)
+    if not self.flags.export_dir or serving_fn is None:
+      return None
+    path = self.estimator.export_saved_model(self.flags.export_dir, serving_fn)
+    path = path.decode() if isinstance(path, bytes) else path
+    logging.info("Exported SavedModel to %s", path)
+    return path
+
+  def run(self):
+    return getattr(self, "run_" + self.flags.mode)()
+
+
+def run(model, flag_values):
+  """Validates everything, then runs `flag_values.mode`; returns the final metrics."""
+  check_common_flags(flag_values)
+  try:
+    model.validate_flags(flag_values)
+  except ValueError as e:
+    raise validation.ConfigError(str(e))
+  validation.check_npu_options(npu_options(flag_values))
+  backend = backend_lib.activate(backend_lib.select_backend(flag_values.device))
+  tf.gfile.MakeDirs(flag_values.model_dir)
+  metrics = Runner(model, flag_values, backend).run()
+  print_final_metrics(metrics)
+  return metrics
+
+
+def parse_flags(model_name, argv):
+  """Defines (once per process) and parses the flags of `model_name`; returns
+  (model, FLAGS). For tests and benchmarks that run the loop in-process."""
+  model = registry.get(model_name)
+  if "mode" not in FLAGS:
+    define_common_flags()
+  if not getattr(model, "_flags_defined", False):
+    model.define_flags()
+    type(model)._flags_defined = True
+  FLAGS.unparse_flags()
+  FLAGS([model_name] + list(argv))
+  return model, FLAGS
+
+
+def main(model_name):
+  """Entry point of `<model>.py` scripts: defines flags, parses argv, runs."""
+  model = registry.get(model_name)
+  define_common_flags()
+  model.define_flags()
+
+  def _main(argv):
+    if len(argv) > 1:
+      raise app.UsageError("unexpected arguments: %s" % " ".join(argv[1:]))
+    logging.set_verbosity(logging.INFO)
+    tf.logging.set_verbosity(tf.logging.INFO)
+    tf.get_logger().propagate = False  # TF's own handler prints it; absl would print it again
+    try:
+      run(model, FLAGS)
+    except (validation.ConfigError, backend_lib.BackendError) as e:
+      raise SystemExit("error: %s" % e)
+
+  app.run(_main)

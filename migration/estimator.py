@@ -1,0 +1,231 @@
+"""Estimator factory and TPUEstimator compatibility.
+
+`create_estimator` returns an NPUEstimator on the NPU and a tf.estimator.Estimator
+elsewhere. Model functions written for TPUEstimator run on either unchanged:
+- `params["batch_size"]` is set per mode for the model_fn and the input_fn, as
+  TPUEstimator does (train/eval/predict batch sizes);
+- a returned TPUEstimatorSpec becomes an EstimatorSpec: `eval_metrics=(fn, tensors)` ->
+  `eval_metric_ops`, `scaffold_fn` -> `scaffold`, `host_call` -> summaries written on the
+  host every step (NPUEstimatorSpec's own host_call on the NPU);
+- `tf.tpu.CrossShardOptimizer`, used inside the model_fn, is replaced while the model_fn
+  runs by `migration.optimizers.CrossShardOptimizer` (or NPUDistributedOptimizer on a
+  multi-device NPU run): the real one emits ops that have no CPU/GPU/NPU kernel.
+`TPUEstimator(...)` is a drop-in with TPUEstimator's constructor signature.
+"""
+import contextlib
+import sys
+
+import tensorflow.compat.v1 as tf
+from absl import logging
+
+from migration import backend as backend_lib
+from migration import optimizers
+from migration import run_config as run_config_lib
+
+_MODES = tf.estimator.ModeKeys
+
+
+def _fn_args(fn):
+  import inspect  # pylint: disable=g-import-not-at-top
+  target = fn.func if hasattr(fn, "func") else fn
+  return set(inspect.signature(target).parameters)
+
+
+def _call_with_named_args(fn, **candidates):
+  """Calls `fn` with the candidates it names, as Estimator does for model/input fns."""
+  names = _fn_args(fn)
+  return fn(**{k: v for k, v in candidates.items() if k in names})
+
+
+def _is_tpu_spec(spec):
+  return type(spec).__name__ == "TPUEstimatorSpec" and hasattr(spec, "eval_metrics")
+
+
+def _call_tensors_fn(fn, tensors):
+  """(fn, tensors) pairs take a list (positional) or a dict (keyword) of tensors."""
+  return fn(**tensors) if isinstance(tensors, dict) else fn(*tensors)
+
+
+class _HostCallHook(tf.train.SessionRunHook):
+  """Runs host_call ops every step and initialises/flushes the v2 summary writers."""
+
+  def __init__(self, host_ops):
+    self._host_ops = host_ops
+
+  def begin(self):
+    from tensorflow.python.ops import summary_ops_v2  # pylint: disable=g-import-not-at-top
+    self._init_ops = summary_ops_v2.summary_writer_initializer_op()
+    self._flush_op = summary_ops_v2.flush()
+
+  def after_create_session(self, session, coord):
+    del coord
+    session.run(self._init_ops)
+
+  def before_run(self, run_context):
+    return tf.train.SessionRunArgs(self._host_ops)
+
+  def end(self, session):
+    session.run(self._flush_op)
+
+
+def convert_spec(spec, mode, backend=None):
+  """A TPUEstimatorSpec -> the EstimatorSpec (or NPUEstimatorSpec) of `backend`."""
+  if not _is_tpu_spec(spec):
+    return spec
+  backend = backend or backend_lib.current()
+  eval_metric_ops = None
+  if mode == _MODES.EVAL and spec.eval_metrics is not None:
+    eval_metric_ops = _call_tensors_fn(*spec.eval_metrics)
+  scaffold = spec.scaffold_fn() if spec.scaffold_fn is not None else None
+  kwargs = dict(mode=mode, predictions=spec.predictions, loss=spec.loss,
+                train_op=spec.train_op, eval_metric_ops=eval_metric_ops,
+                export_outputs=spec.export_outputs, scaffold=scaffold,
+                training_hooks=list(spec.training_hooks or []),
+                evaluation_hooks=list(spec.evaluation_hooks or []),
+                prediction_hooks=list(spec.prediction_hooks or []))
+  if spec.host_call is not None and mode in (_MODES.TRAIN, _MODES.EVAL):
+    if backend.is_npu:
+      npu_estimator = backend.npu_module("estimator.npu.npu_estimator")
+      return npu_estimator.NPUEstimatorSpec(host_call=spec.host_call, **kwargs)
+    host_ops = _call_tensors_fn(*spec.host_call)
+    hook_list = "training_hooks" if mode == _MODES.TRAIN else "evaluation_hooks"
+    kwargs[hook_list].append(_HostCallHook(host_ops))
+  return tf.estimator.EstimatorSpec(**kwargs)
+
+
+def _cross_shard_optimizer(backend):
+  def _factory(opt, reduction="mean", name=None, group_assignment=None):
+    if backend.is_npu and optimizers.rank_size() > 1:
+      return backend.npu_module("estimator.npu.npu_optimizer").NPUDistributedOptimizer(opt)
+    return optimizers.CrossShardOptimizer(opt, reduction, name or "CrossShardOptimizer",
+                                          group_assignment)
+  return _factory
+
+
+@contextlib.contextmanager
+def tpu_optimizer_stand_in(backend):
+  """Replaces every loaded binding of tf's CrossShardOptimizer while the block runs."""
+  from tensorflow.python.tpu import tpu_optimizer  # pylint: disable=g-import-not-at-top
+  original = tpu_optimizer.CrossShardOptimizer
+  stand_in = _cross_shard_optimizer(backend)
+  patched = [tpu_optimizer]
+  for name, module in list(sys.modules.items()):
+    if (name.startswith("tensorflow") and module is not None and
+        getattr(module, "CrossShardOptimizer", None) is original):
+      patched.append(module)
+  for module in patched:
+    module.CrossShardOptimizer = stand_in
+  try:
+    yield
+  finally:
+    for module in patched:
+      module.CrossShardOptimizer = original
+
+
+def compat_model_fn(model_fn, batch_sizes, backend=None):
+  """Wraps a model_fn (Estimator- or TPUEstimator-style) for `create_estimator`."""
+
+  def _model_fn(features, labels, mode, params, config):
+    active = backend or backend_lib.current()
+    params = dict(params or {})
+    if batch_sizes.get(mode) is not None:
+      params["batch_size"] = batch_sizes[mode]
+    with tpu_optimizer_stand_in(active):
+      spec = _call_with_named_args(model_fn, features=features, labels=labels, mode=mode,
+                                   params=params, config=config)
+    return convert_spec(spec, mode, active)
+
+  return _model_fn
+
+
+def _with_batch_size(input_fn, batch_size):
+  """An input_fn whose `params["batch_size"]` is `batch_size` (TPUEstimator convention)."""
+  if batch_size is None:
+    return input_fn
+
+  def _input_fn(params, mode, config, input_context=None):
+    params = dict(params or {}, batch_size=batch_size)
+    return _call_with_named_args(input_fn, params=params, mode=mode, config=config,
+                                 input_context=input_context)
+
+  return _input_fn
+
+
+class _BatchSizeMixin(object):
+  """Gives each mode's input_fn its batch size through params, as TPUEstimator does."""
+
+  _batch_sizes = {}
+
+  def train(self, input_fn, *args, **kwargs):
+    return super(_BatchSizeMixin, self).train(
+        _with_batch_size(input_fn, self._batch_sizes.get(_MODES.TRAIN)), *args, **kwargs)
+
+  def evaluate(self, input_fn, *args, **kwargs):
+    return super(_BatchSizeMixin, self).evaluate(
+        _with_batch_size(input_fn, self._batch_sizes.get(_MODES.EVAL)), *args, **kwargs)
+
+  def predict(self, input_fn, *args, **kwargs):
+    return super(_BatchSizeMixin, self).predict(
+        _with_batch_size(input_fn, self._batch_sizes.get(_MODES.PREDICT)), *args, **kwargs)
+
+
+def create_estimator(model_fn, config, params=None, train_batch_size=None,
+                     eval_batch_size=None, predict_batch_size=None, warm_start_from=None,
+                     backend=None):
+  """NPUEstimator on the NPU, tf.estimator.Estimator elsewhere, TPU-compatible on both."""
+  backend = backend or backend_lib.current()
+  batch_sizes = {_MODES.TRAIN: train_batch_size, _MODES.EVAL: eval_batch_size,
+                 _MODES.PREDICT: predict_batch_size or eval_batch_size}
+  if backend.is_npu:
+    base = backend.npu_module("estimator.npu.npu_estimator").NPUEstimator
+  else:
+    base = tf.estimator.Estimator
+  cls = type(base.__name__, (_BatchSizeMixin, base), {"_batch_sizes": batch_sizes})
+  return cls(model_fn=compat_model_fn(model_fn, batch_sizes, backend), config=config,
+             params=params, warm_start_from=warm_start_from)
+
+
+def _run_config_from_tpu_config(config, backend):
+  """A TPU RunConfig (or None) -> the RunConfig of `backend`."""
+  if config is None:
+    config = tf.estimator.RunConfig()
+  tpu_config = getattr(config, "tpu_config", None)
+  if not backend.is_npu and tpu_config is None:
+    return config
+  run_opts = run_config_lib.RunOptions(
+      model_dir=config.model_dir, save_checkpoints_steps=config.save_checkpoints_steps,
+      save_checkpoints_secs=config.save_checkpoints_secs,
+      keep_checkpoint_max=config.keep_checkpoint_max,
+      save_summary_steps=config.save_summary_steps,
+      log_step_count_steps=config.log_step_count_steps,
+      tf_random_seed=config.tf_random_seed, intra_op_threads=0, inter_op_threads=0)
+  iterations = tpu_config.iterations_per_loop if tpu_config is not None else 1
+  npu_opts = run_config_lib.NPU_DEFAULTS._replace(iterations_per_loop=iterations)
+  return run_config_lib.build_run_config(backend, run_opts, npu_opts)
+
+
+def TPUEstimator(model_fn=None, model_dir=None, config=None, params=None, use_tpu=True,  # pylint: disable=invalid-name
+                 train_batch_size=None, eval_batch_size=None, predict_batch_size=None,
+                 batch_axis=None, eval_on_tpu=True, export_to_tpu=True, export_to_cpu=True,
+                 warm_start_from=None, embedding_config_spec=None,
+                 export_saved_model_api_version=None):
+  """Drop-in for tf.estimator.tpu.TPUEstimator that runs on the NPU, GPU or CPU.
+
+  TPU-only arguments (batch_axis, eval_on_tpu, export_to_tpu, export_to_cpu,
+  embedding_config_spec, export_saved_model_api_version) are accepted and have no effect;
+  `use_tpu=True` is logged and ignored, as there is no TPU here.
+  """
+  del batch_axis, eval_on_tpu, export_to_tpu, export_to_cpu, export_saved_model_api_version
+  if embedding_config_spec is not None:
+    raise ValueError("TPUEstimator(embedding_config_spec=...) needs a TPU; not supported")
+  backend = backend_lib.current()
+  if use_tpu:
+    logging.info("TPUEstimator(use_tpu=True): no TPU here, running on %s", backend.device)
+  config = _run_config_from_tpu_config(config, backend)
+  if model_dir and config.model_dir and model_dir != config.model_dir:
+    raise ValueError("model_dir=%s differs from config.model_dir=%s"
+                     % (model_dir, config.model_dir))
+  if model_dir and not config.model_dir:
+    config = config.replace(model_dir=model_dir)
+  return create_estimator(model_fn, config, params, train_batch_size, eval_batch_size,
+                          predict_batch_size, warm_start_from, backend)

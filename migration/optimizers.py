@@ -1,0 +1,198 @@
+"""Optimizer wrappers per backend: cross-shard/distributed averaging and loss scaling.
+
+Model code calls `wrap_optimizer(opt, params)` once; the result is
+- on the NPU: `NPUDistributedOptimizer` when RANK_SIZE > 1, then `NPULossScaleOptimizer`
+  with a Fixed/ExponentialUpdate manager when loss scaling is on;
+- elsewhere: the optimizer itself, or `LossScaleOptimizer` below, which follows the NPU
+  semantics exactly (npu_bridge_api.md §4), so a run behaves the same on both: gradients of
+  the scaled loss are unscaled, a step with non-finite gradients is skipped (including its
+  global_step increment) and logged, and the manager updates the scale.
+
+`params["loss_scale"]` is "none", "dynamic" or a number (a fixed scale); the run loop sets
+it from `--loss_scale`, which by default follows `--precision_mode`.
+"""
+import os
+
+import tensorflow.compat.v1 as tf
+
+from migration import backend as backend_lib
+
+# AmoebaNet-D's NPU settings (npu_bridge_api.md §4.2), used for "dynamic".
+DYNAMIC_LOSS_SCALE = dict(init_loss_scale=2.0 ** 32, incr_every_n_steps=1000,
+                          decr_every_n_nan_or_inf=2, incr_ratio=2.0, decr_ratio=0.5)
+_FLOAT32_MAX = 3.4e38
+
+
+def rank_size():
+  """RANK_SIZE, else CM_WORKER_SIZE, else 1 (a non-numeric value counts as 1)."""
+  value = os.environ.get("RANK_SIZE", os.environ.get("CM_WORKER_SIZE", "1"))
+  return int(value) if value.isdigit() else 1
+
+
+class FixedLossScaleManager(object):
+  """A constant loss scale (>= 1)."""
+
+  def __init__(self, loss_scale):
+    if loss_scale < 1:
+      raise ValueError("loss_scale must be >= 1, got %r" % loss_scale)
+    self._scale = float(loss_scale)
+
+  def get_loss_scale(self):
+    return tf.constant(self._scale, tf.float32)
+
+  def update_loss_scale(self, finite_grads):
+    del finite_grads
+    return tf.no_op()
+
+
+class ExponentialUpdateLossScaleManager(object):
+  """Dynamic loss scale with the NPU update rule (grow every N good steps, shrink on
+  `decr_every_n_nan_or_inf` bad ones, never below 1 and never past float32 range)."""
+
+  def __init__(self, init_loss_scale, incr_every_n_steps, decr_every_n_nan_or_inf=2,
+               incr_ratio=2.0, decr_ratio=0.8):
+    self._incr_every = incr_every_n_steps
+    self._decr_every = decr_every_n_nan_or_inf
+    self._incr_ratio = float(incr_ratio)
+    self._decr_ratio = float(decr_ratio)
+    with tf.variable_scope("loss_scale", reuse=tf.AUTO_REUSE):
+      self._scale = tf.get_variable("scale", initializer=float(init_loss_scale),
+                                    trainable=False)
+      self._good = tf.get_variable("good_steps", initializer=0, trainable=False)
+      self._bad = tf.get_variable("bad_steps", initializer=0, trainable=False)
+
+  def get_loss_scale(self):
+    return self._scale.read_value()
+
+  def update_loss_scale(self, finite_grads):
+    # Read all three once, before any assignment: resource-variable reads are not ordered
+    # against assignments in the same step otherwise.
+    scale, good, bad = (v.read_value() for v in (self._scale, self._good, self._bad))
+    with tf.control_dependencies([scale, good, bad]):
+      grow = tf.logical_and(good + 1 >= self._incr_every,
+                            scale < _FLOAT32_MAX / self._incr_ratio)
+      shrink = bad + 1 >= self._decr_every
+      new_scale = tf.where(
+          finite_grads,
+          tf.where(grow, scale * self._incr_ratio, scale),
+          tf.where(shrink, tf.maximum(1.0, scale * self._decr_ratio), scale))
+      new_good = tf.where(tf.logical_and(finite_grads, good + 1 < self._incr_every),
+                          good + 1, 0)
+      threshold = tf.where(finite_grads, good + 1 >= self._incr_every, shrink)
+      new_bad = tf.where(threshold, 0, tf.where(finite_grads, bad, bad + 1))
+      return tf.group(tf.assign(self._scale, new_scale), tf.assign(self._good, new_good),
+                      tf.assign(self._bad, new_bad))
+
+
+class LossScaleOptimizer(tf.train.Optimizer):
+  """Loss scaling for CPU/GPU with NPULossScaleOptimizer's behaviour."""
+
+  def __init__(self, optimizer, loss_scale_manager, name="LossScaleOptimizer"):
+    super(LossScaleOptimizer, self).__init__(use_locking=False, name=name)
+    self._optimizer = optimizer
+    self._manager = loss_scale_manager
+
+  def compute_gradients(self, loss, var_list=None, **kwargs):
+    scale = self._manager.get_loss_scale()
+    grads_and_vars = self._optimizer.compute_gradients(loss * scale, var_list=var_list,
+                                                       **kwargs)
+    return [(None if g is None else g / scale, v) for g, v in grads_and_vars]
+
+  def apply_gradients(self, grads_and_vars, global_step=None, name=None):
+    grads_and_vars = list(grads_and_vars)
+    grads = [g for g, _ in grads_and_vars if g is not None]
+    finite = tf.reduce_all([tf.reduce_all(tf.is_finite(g)) for g in grads])
+
+    def _apply():
+      return self._optimizer.apply_gradients(grads_and_vars, global_step, name)
+
+    def _skip():
+      step = global_step if global_step is not None else -1
+      return tf.print("loss scaling: non-finite gradients at global_step", step,
+                      "- step skipped; loss scale was", self._manager.get_loss_scale(),
+                      output_stream=tf.logging.warning)
+
+    apply_op = tf.cond(finite, lambda: tf.group(_apply()), lambda: tf.group(_skip()))
+    return tf.group(apply_op, self._manager.update_loss_scale(finite))
+
+  def get_slot(self, var, name):
+    return self._optimizer.get_slot(var, name)
+
+  def get_slot_names(self):
+    return self._optimizer.get_slot_names()
+
+  def variables(self):
+    return self._optimizer.variables()
+
+  def _apply_dense(self, grad, var):
+    raise NotImplementedError("LossScaleOptimizer delegates apply_gradients")
+
+  def _resource_apply_dense(self, grad, handle):
+    raise NotImplementedError("LossScaleOptimizer delegates apply_gradients")
+
+
+class CrossShardOptimizer(tf.train.Optimizer):
+  """Stand-in for `tf.tpu.CrossShardOptimizer` off the TPU.
+
+  With one shard the TPU version is an average over one replica; the real class emits
+  CrossReplicaSum ops that have no CPU/GPU/NPU kernel. On the NPU with RANK_SIZE > 1 the
+  averaging is done by NPUDistributedOptimizer (see `wrap_optimizer`).
+  """
+
+  def __init__(self, opt, reduction="mean", name="CrossShardOptimizer", group_assignment=None):
+    del reduction, group_assignment
+    super(CrossShardOptimizer, self).__init__(use_locking=False, name=name)
+    self._opt = opt
+
+  def compute_gradients(self, loss, var_list=None, **kwargs):
+    return self._opt.compute_gradients(loss, var_list=var_list, **kwargs)
+
+  def apply_gradients(self, grads_and_vars, global_step=None, name=None):
+    return self._opt.apply_gradients(grads_and_vars, global_step, name)
+
+  def get_slot(self, var, name):
+    return self._opt.get_slot(var, name)
+
+  def get_slot_names(self):
+    return self._opt.get_slot_names()
+
+  def variables(self):
+    return self._opt.variables()
+
+  def _apply_dense(self, grad, var):
+    raise NotImplementedError("CrossShardOptimizer delegates apply_gradients")
+
+  def _resource_apply_dense(self, grad, handle):
+    raise NotImplementedError("CrossShardOptimizer delegates apply_gradients")
+
+
+def loss_scale_manager(loss_scale, backend=None):
+  """The manager for a `--loss_scale` value, or None for "none"."""
+  backend = backend or backend_lib.current()
+  if loss_scale in (None, "none"):
+    return None
+  if backend.is_npu:
+    managers = backend.npu_module("estimator.npu.npu_loss_scale_manager")
+    fixed, dynamic = (managers.FixedLossScaleManager,
+                      managers.ExponentialUpdateLossScaleManager)
+  else:
+    fixed, dynamic = FixedLossScaleManager, ExponentialUpdateLossScaleManager
+  if loss_scale == "dynamic":
+    return dynamic(**DYNAMIC_LOSS_SCALE)
+  return fixed(loss_scale=float(loss_scale))
+
+
+def wrap_optimizer(optimizer, params, backend=None):
+  """Wraps `optimizer` for the active backend (see the module docstring)."""
+  backend = backend or backend_lib.current()
+  manager = loss_scale_manager(params.get("loss_scale", "none"), backend)
+  if not backend.is_npu:
+    return optimizer if manager is None else LossScaleOptimizer(optimizer, manager)
+  npu_optimizer = backend.npu_module("estimator.npu.npu_optimizer")
+  distributed = rank_size() > 1
+  if distributed:
+    optimizer = npu_optimizer.NPUDistributedOptimizer(optimizer)
+  if manager is None:
+    return optimizer
+  scaler = backend.npu_module("estimator.npu.npu_loss_scale_optimizer")
+  return scaler.NPULossScaleOptimizer(optimizer, manager, is_distributed=distributed)

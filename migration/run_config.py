@@ -1,0 +1,105 @@
+"""One run-config builder: NPURunConfig on the NPU, tf.estimator.RunConfig elsewhere.
+
+Both come from the same two option records, `RunOptions` (what every Estimator needs) and
+`NpuOptions` (the Ascend options; validated on every backend, applied on the NPU, and mapped
+to TensorFlow's own mixed precision off it — see migration.precision).
+"""
+import collections
+import os
+
+import tensorflow.compat.v1 as tf
+from absl import logging
+
+from migration import precision
+from migration import validation
+
+RunOptions = collections.namedtuple("RunOptions", [
+    "model_dir", "save_checkpoints_steps", "save_checkpoints_secs", "keep_checkpoint_max",
+    "save_summary_steps", "log_step_count_steps", "tf_random_seed",
+    "intra_op_threads", "inter_op_threads"])
+
+NpuOptions = collections.namedtuple("NpuOptions", [
+    "precision_mode", "fusion_switch_file", "modify_mixlist", "iterations_per_loop",
+    "enable_dump", "dump_path", "dump_step", "dump_mode",
+    "enable_dump_debug", "dump_debug_mode",
+    "enable_profiling", "profiling_options",
+    "hcom_parallel", "enable_data_pre_proc", "mix_compile_mode"])
+
+NPU_DEFAULTS = NpuOptions(
+    precision_mode=None, fusion_switch_file=None, modify_mixlist=None, iterations_per_loop=1,
+    enable_dump=False, dump_path=None, dump_step="0", dump_mode="output",
+    enable_dump_debug=False, dump_debug_mode="all",
+    enable_profiling=False, profiling_options=None,
+    hcom_parallel=True, enable_data_pre_proc=True, mix_compile_mode=False)
+
+# What every ModelZoo single-device launch script exports (npu_bridge_api.md §10).
+_NPU_ENV_DEFAULTS = (("JOB_ID", "10087"), ("RANK_ID", "0"), ("RANK_SIZE", "1"))
+
+
+def session_config(run_opts):
+  """The ConfigProto every backend starts from (threads, soft placement)."""
+  config = tf.ConfigProto(allow_soft_placement=True, log_device_placement=False)
+  config.intra_op_parallelism_threads = run_opts.intra_op_threads or 0
+  config.inter_op_parallelism_threads = run_opts.inter_op_threads or 0
+  return config
+
+
+def _npu_extra_configs(backend, npu_opts):
+  """DumpConfig / ProfilingConfig for NPURunConfig, only for what was asked for."""
+  npu_config = backend.npu_module("estimator.npu.npu_config")
+  kwargs = {}
+  if npu_opts.enable_dump or npu_opts.enable_dump_debug:
+    dump = {"dump_path": npu_opts.dump_path}
+    if npu_opts.enable_dump:
+      dump.update(enable_dump=True, dump_step=npu_opts.dump_step, dump_mode=npu_opts.dump_mode)
+    if npu_opts.enable_dump_debug:
+      dump.update(enable_dump_debug=True, dump_debug_mode=npu_opts.dump_debug_mode)
+    kwargs["dump_config"] = npu_config.DumpConfig(**dump)
+  if npu_opts.enable_profiling:
+    kwargs["profiling_config"] = npu_config.ProfilingConfig(
+        enable_profiling=True, profiling_options=npu_opts.profiling_options)
+  return kwargs
+
+
+def prepare_npu_environment(environ=None):
+  """Sets JOB_ID/RANK_ID/RANK_SIZE as the ModelZoo scripts do, keeping values already set."""
+  env = os.environ if environ is None else environ
+  for key, value in _NPU_ENV_DEFAULTS:
+    if key == "RANK_SIZE" and env.get("CM_WORKER_SIZE") is not None:
+      continue
+    env.setdefault(key, value)
+
+
+def build_run_config(backend, run_opts, npu_opts=NPU_DEFAULTS):
+  """Returns the RunConfig for `backend`; validates `npu_opts` first on every backend."""
+  validation.check_npu_options(npu_opts)
+  config = session_config(run_opts)
+  common = dict(
+      model_dir=run_opts.model_dir,
+      tf_random_seed=run_opts.tf_random_seed,
+      save_summary_steps=run_opts.save_summary_steps,
+      save_checkpoints_steps=run_opts.save_checkpoints_steps,
+      save_checkpoints_secs=run_opts.save_checkpoints_secs,
+      keep_checkpoint_max=run_opts.keep_checkpoint_max,
+      log_step_count_steps=run_opts.log_step_count_steps,
+      session_config=config)
+  if not backend.is_npu:
+    precision.apply_to_session_config(config, backend, npu_opts.precision_mode)
+    if npu_opts.iterations_per_loop > 1:
+      logging.info("iterations_per_loop=%d applies on the NPU only; on %s every "
+                   "Session.run is one step", npu_opts.iterations_per_loop, backend.device)
+    return tf.estimator.RunConfig(**common)
+
+  prepare_npu_environment()
+  validation.check_environment()
+  npu_config = backend.npu_module("estimator.npu.npu_config")
+  npu_kwargs = dict(
+      iterations_per_loop=npu_opts.iterations_per_loop,
+      hcom_parallel=npu_opts.hcom_parallel,
+      enable_data_pre_proc=npu_opts.enable_data_pre_proc,
+      mix_compile_mode=npu_opts.mix_compile_mode)
+  for name in ("precision_mode", "fusion_switch_file", "modify_mixlist"):
+    if getattr(npu_opts, name):
+      npu_kwargs[name] = getattr(npu_opts, name)
+  npu_kwargs.update(_npu_extra_configs(backend, npu_opts))
+  return npu_config.NPURunConfig(**dict(common, **npu_kwargs))

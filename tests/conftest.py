@@ -1,0 +1,46 @@
+"""Shared fixtures: the npu_bridge test double, real data, and in-process flag parsing."""
+import os
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NPU_DOUBLE = os.path.join(REPO, "tests", "npu_double")
+
+
+def data_root():
+  """Real data: $DATA_ROOT, else ../shared/data next to the repository."""
+  return os.environ.get("DATA_ROOT", os.path.join(os.path.dirname(REPO), "shared", "data"))
+
+
+@pytest.fixture
+def shared_data():
+  root = data_root()
+  if not os.path.isdir(root):
+    pytest.skip("real data not found at %s (set DATA_ROOT)" % root)
+  return root
+
+
+@pytest.fixture
+def npu_double(monkeypatch):
+  """Puts the npu_bridge test double on sys.path (for this test only) with the ModelZoo
+  launch environment; yields the imported `npu_bridge` package."""
+  from migration import backend as backend_lib
+  monkeypatch.syspath_prepend(NPU_DOUBLE)
+  for key in ("RANK_TABLE_FILE", "CM_WORKER_SIZE", "POD_NAME"):
+    monkeypatch.delenv(key, raising=False)
+  monkeypatch.setenv("JOB_ID", "10087")
+  monkeypatch.setenv("RANK_ID", "0")
+  monkeypatch.setenv("RANK_SIZE", "1")
+  import npu_bridge  # pylint: disable=g-import-not-at-top
+  yield npu_bridge
+  for name in [m for m in sys.modules if m == "npu_bridge" or m.startswith("npu_bridge.")]:
+    del sys.modules[name]
+  backend_lib.activate(backend_lib.Backend("cpu"))
+
+
+@pytest.fixture
+def cpu_backend():
+  from migration import backend as backend_lib
+  yield backend_lib.activate(backend_lib.Backend("cpu"))
+  backend_lib.activate(backend_lib.Backend("cpu"))

@@ -1,0 +1,1 @@
+"""Test double of Huawei's npu_bridge (TF 1.15 Ascend adapter); see ../README.md."""

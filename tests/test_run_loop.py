@@ -1,0 +1,163 @@
+"""The shared run loop end to end, through the `tests.tiny_entry` script and in-process."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import tensorflow.compat.v1 as tf
+
+from estimators import run_loop
+from migration import backend as backend_lib
+from tests import conftest
+from tests import tiny_model  # pylint: disable=unused-import  (registers "tiny")
+
+PREFIX = run_loop.FINAL_METRICS_PREFIX
+
+
+def run_entry(*args, env=None, timeout=240):
+  """Runs the tiny model's entry script; returns (exit code, output)."""
+  full_env = dict(os.environ, **(env or {}))
+  proc = subprocess.run([sys.executable, "-m", "tests.tiny_entry"] + list(args),
+                        cwd=conftest.REPO, env=full_env, stdout=subprocess.PIPE,
+                        stderr=subprocess.STDOUT, timeout=timeout)
+  return proc.returncode, proc.stdout.decode("utf-8", "replace")
+
+
+def final_metrics(output):
+  lines = [l for l in output.splitlines() if l.startswith(PREFIX)]
+  assert len(lines) == 1, output[-3000:]
+  return json.loads(lines[0][len(PREFIX):])
+
+
+def test_train_and_eval_then_eval_only_in_a_new_process(tmp_path):
+  model_dir = str(tmp_path / "run")
+  code, out = run_entry("--model_dir=" + model_dir, "--mode=train_and_eval",
+                        "--train_steps=40", "--steps_per_eval=20", "--log_step_count_steps=10",
+                        "--save_checkpoints_steps=20", "--export_dir=" + str(tmp_path / "export"))
+  assert code == 0, out
+  metrics = final_metrics(out)
+  assert metrics["mode"] == "train_and_eval" and metrics["global_step"] == 40
+  assert metrics["accuracy"] > 0.9
+  assert "examples/sec" in out and "steps/sec" in out
+  assert os.listdir(str(tmp_path / "export")), "no SavedModel exported"
+  assert glob_events(model_dir), "no TensorBoard summaries"
+
+  code, out = run_entry("--model_dir=" + model_dir, "--mode=eval")
+  assert code == 0, out
+  assert final_metrics(out)["global_step"] == 40
+
+  code, out = run_entry("--model_dir=" + model_dir, "--mode=eval",
+                        "--checkpoint_path=" + os.path.join(model_dir, "model.ckpt-20"))
+  assert code == 0, out
+  assert final_metrics(out)["global_step"] == 20
+
+
+def glob_events(model_dir):
+  return [f for f in os.listdir(model_dir) if f.startswith("events.out.tfevents")]
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--mode=eval"], "no checkpoint in --model_dir"),
+    (["--precision_mode=fp16"], "--precision_mode=fp16 is not valid"),
+    (["--precision_mode=force_fp16", "--modify_mixlist=ops.json"], "--modify_mixlist needs"),
+    (["--mix_compile_mode", "--iterations_per_loop=5"], "--mix_compile_mode needs"),
+    (["--enable_dump", "--dump_path=/tmp", "--dump_step=a|b"], "--dump_step='a|b'"),
+    (["--fusion_switch_file=/no/such.cfg"], "/no/such.cfg does not exist"),
+    (["--device=npu"], "npu_bridge"),
+    (["--loss_scale=0.5"], "--loss_scale=0.5"),
+    (["--checkpoint_path=/no/ckpt", "--mode=eval"], "--checkpoint_path=/no/ckpt"),
+])
+def test_bad_input_exits_before_any_graph(tmp_path, args, message):
+  model_dir = tmp_path / "run"
+  code, out = run_entry("--model_dir=" + str(model_dir), *args)
+  assert code != 0
+  error_lines = [l for l in out.splitlines() if l.startswith("error: ")]
+  assert len(error_lines) == 1 and message in error_lines[0], out[-2000:]
+  assert not model_dir.exists() or not os.listdir(str(model_dir)), "work started anyway"
+
+
+def test_bad_rank_table_is_rejected(tmp_path):
+  table = tmp_path / "rank_table.json"
+  table.write_text('{"server_count": "1"')
+  code, out = run_entry("--model_dir=" + str(tmp_path / "run"),
+                        env={"RANK_TABLE_FILE": str(table), "RANK_SIZE": "2"})
+  assert code != 0 and "RANK_TABLE_FILE: %s is not valid JSON" % table in out
+
+
+def test_npu_run_builds_npu_run_config_and_estimator(tmp_path, npu_double, monkeypatch):
+  """With the npu_bridge double, the run loop builds NPURunConfig + NPUEstimator."""
+  fusion = tmp_path / "fusion.cfg"
+  fusion.write_text('{"Switch": {"GraphFusion": {"ALL": "off"}}}')
+  model, flag_values = run_loop.parse_flags("tiny", [
+      "--model_dir=" + str(tmp_path / "run"), "--mode=train", "--train_steps=5",
+      "--precision_mode=allow_fp32_to_fp16", "--fusion_switch_file=" + str(fusion),
+      "--iterations_per_loop=5", "--device=npu"])
+  import importlib  # pylint: disable=g-import-not-at-top
+  npu_config = importlib.import_module("npu_bridge.estimator.npu.npu_config")
+  npu_estimator = importlib.import_module("npu_bridge.estimator.npu.npu_estimator")
+  runner = run_loop.Runner(model, flag_values, backend_lib.activate(
+      backend_lib.select_backend(flag_values.device)))
+  assert isinstance(runner.estimator, npu_estimator.NPUEstimator)
+  config = runner.estimator.config
+  assert isinstance(config, npu_config.NPURunConfig)
+  assert config._precision_mode == "allow_fp32_to_fp16"
+  assert config._fusion_switch_file == str(fusion)
+  assert config.iterations_per_loop == 5 and config._dump_config is None
+  assert runner.estimator.params["loss_scale"] == "dynamic"
+  metrics = runner.run()
+  assert metrics["global_step"] == 5
+
+
+def test_predict_writes_json_lines(tmp_path):
+  model_dir = str(tmp_path / "run")
+  assert run_entry("--model_dir=" + model_dir, "--mode=train", "--train_steps=5")[0] == 0
+  code, out = run_entry("--model_dir=" + model_dir, "--mode=predict")
+  assert code == 0, out
+  metrics = final_metrics(out)
+  with open(metrics["predictions_file"]) as f:
+    rows = [json.loads(l) for l in f]
+  assert len(rows) == metrics["predictions"] == 256
+  assert set(rows[0]) == {"classes", "probabilities"}
+
+
+def test_continuous_eval_stops_after_timeout(tmp_path):
+  model_dir = str(tmp_path / "run")
+  assert run_entry("--model_dir=" + model_dir, "--mode=train", "--train_steps=5")[0] == 0
+  start = time.time()
+  code, out = run_entry("--model_dir=" + model_dir, "--mode=continuous_eval",
+                        "--train_steps=100", "--eval_timeout=2")
+  assert code == 0, out
+  assert final_metrics(out)["global_step"] == 5
+  assert time.time() - start < 120
+
+
+def test_killed_training_resumes_from_last_checkpoint(tmp_path):
+  model_dir = str(tmp_path / "run")
+  args = [sys.executable, "-m", "tests.tiny_entry", "--model_dir=" + model_dir,
+          "--mode=train", "--train_steps=1000000", "--save_checkpoints_steps=50",
+          "--tiny_learning_rate=0.01"]
+  proc = subprocess.Popen(args, cwd=conftest.REPO, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+  try:
+    deadline = time.time() + 180
+    while time.time() < deadline and not _checkpoint_step(model_dir):
+      time.sleep(0.5)
+    time.sleep(1.0)
+  finally:
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+  killed_at = _checkpoint_step(model_dir)
+  assert killed_at >= 50, "no checkpoint before the kill"
+  code, out = run_entry("--model_dir=" + model_dir, "--mode=train",
+                        "--train_steps=%d" % (killed_at + 10))
+  assert code == 0, out
+  assert "Restoring parameters from" in out
+  assert final_metrics(out)["global_step"] == killed_at + 10
+
+
+def _checkpoint_step(model_dir):
+  latest = tf.train.latest_checkpoint(model_dir) if os.path.isdir(model_dir) else None
+  return int(latest.rsplit("-", 1)[1]) if latest else 0
