@@ -55,8 +55,16 @@ class Model(object):
     """Returns a serving_input_receiver_fn for SavedModel export, or None (no export)."""
     return None
 
+  def summarize(self, results):
+    """Human-readable lines for an evaluation's results (printed after it), or None."""
+    return None
+
   def validate_flags(self, flags):
     """Raises ValueError (one line naming the flag) on bad model flags, before any graph."""
+
+  def check_inputs(self, flags):
+    """Raises ValueError (naming the file or folder) when the data the run needs is missing
+    or malformed; called after validate_flags, before any graph."""
 
 
 def register(name):

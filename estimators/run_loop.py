@@ -232,6 +232,9 @@ class Runner(object):
         self.model.input_fn(self.flags, tf.estimator.ModeKeys.EVAL),
         steps=self.model.eval_steps(self.flags), checkpoint_path=checkpoint_path)
     logging.info("Evaluation results: %s", results)
+    summary = self.model.summarize(results)
+    if summary:
+      print(summary, flush=True)
     return results
 
   def run_train(self):
@@ -299,6 +302,7 @@ def run(model, flag_values):
   check_common_flags(flag_values)
   try:
     model.validate_flags(flag_values)
+    model.check_inputs(flag_values)
   except ValueError as e:
     raise validation.ConfigError(str(e))
   validation.check_npu_options(npu_options(flag_values))

@@ -85,6 +85,11 @@ def build_run_config(backend, run_opts, npu_opts=NPU_DEFAULTS):
       session_config=config)
   if not backend.is_npu:
     precision.apply_to_session_config(config, backend, npu_opts.precision_mode)
+    npu_only = [name for name in ("fusion_switch_file", "modify_mixlist", "enable_dump",
+                                  "enable_dump_debug", "enable_profiling")
+                if getattr(npu_opts, name)]
+    if npu_only:
+      logging.info("%s: validated; they take effect on the NPU only", ", ".join(npu_only))
     if npu_opts.iterations_per_loop > 1:
       logging.info("iterations_per_loop=%d applies on the NPU only; on %s every "
                    "Session.run is one step", npu_opts.iterations_per_loop, backend.device)

@@ -1,0 +1,152 @@
+"""Model "bit": BiT (ResNet-v2, GroupNorm + Weight Standardisation) fine-tuning.
+
+`--hyperrule` (default on) applies BiT-HyperRule (big_transfer `bit_hyperrule.py`):
+  resolution  images < 96x96 (CIFAR): resize 160, crop 128; otherwise resize 512, crop 480
+  schedule    training examples < 20k: 500 steps, warm-up 100, lr / 10 after 200/300/400
+              < 500k: 10k steps, warm-up 500, after 3k/6k/9k
+              >= 500k: 20k steps, warm-up 500, after 6k/12k/18k
+  MixUp       alpha 0.1 with >= 20k training examples, else off
+`--nohyperrule` follows keras-io `bit.py` / the Huawei port (ID2496): resize 384, crop 224,
+no warm-up, lr / 10 after 200/300/400, 500 * 512 / batch steps, no MixUp.
+Both: SGD momentum 0.9, lr 0.003 * batch / 512, no weight decay, zero-initialised head,
+images in [-1, 1] (the .npz weights' range; the port's TF-Hub model wanted [0, 1]),
+evaluation at the crop size (the port evaluated at 384 uncropped, models.md §3.7).
+Splits: tf_flowers train[:85%] / train[85%:], CIFAR train / test, image folder
+train / validation. Every value can be overridden by its flag.
+"""
+from absl import flags
+import tensorflow.compat.v1 as tf
+
+from estimators import finetune
+from estimators import registry
+from estimators.bit import model_fn as model_fn_lib
+from estimators.bit import network
+from estimators.bit import weights
+from input_fns import image_sources
+from input_fns import tf_flowers
+from preprocessing import transfer
+
+BASE_LR = 0.003
+REFERENCE_BATCH = 512
+SPLITS = {
+    "tf_flowers": (tf_flowers.TRAIN_SPLIT, tf_flowers.EVAL_SPLIT),
+    "cifar10": ("train", "test"),
+    "cifar100": ("train", "test"),
+    "image_folder": ("train", "validation"),
+}
+KERAS_IO_RESOLUTION = (384, 224)
+KERAS_IO_BOUNDARIES = (200, 300, 400)
+KERAS_IO_SCHEDULE_LENGTH = 500
+
+
+def hyperrule_resolution(dataset):
+  """(resize, crop): bit_hyperrule.get_resolution by the dataset's image area."""
+  return (160, 128) if dataset in finetune.SMALL_IMAGE_DATASETS else (512, 480)
+
+
+def hyperrule_schedule(num_examples):
+  """(steps, warm-up, boundaries, mixup alpha) for a training set size."""
+  if num_examples < 20000:
+    return 500, 100, (200, 300, 400), 0.0
+  if num_examples < 500000:
+    return 10000, 500, (3000, 6000, 9000), 0.1
+  return 20000, 500, (6000, 12000, 18000), 0.1
+
+
+@registry.register("bit")
+class BigTransfer(registry.Model):
+
+  def define_flags(self):
+    finetune.define_flags()
+    flags.DEFINE_enum("bit_model", "R50x1", list(network.VARIANTS), "BiT variant.")
+    flags.DEFINE_boolean("hyperrule", True, "BiT-HyperRule resolution, schedule and MixUp "
+                         "(off: the keras-io / Huawei-port settings).")
+    flags.DEFINE_list("lr_boundaries", None, "Steps after which the lr drops 10x.")
+    flags.DEFINE_integer("resize_size", None, "Training resize before the random crop.")
+
+  def recipe(self, flag_values):
+    """All hyperparameters, flags applied over the recipe defaults."""
+    train_split, eval_split = SPLITS[flag_values.dataset]
+    source = finetune.make_source(flag_values.dataset, flag_values.data_dir)
+    if flag_values.hyperrule:
+      resize, crop = hyperrule_resolution(flag_values.dataset)
+      num_examples = finetune.count_train_examples(flag_values, source, train_split)
+      steps, warmup, boundaries, mixup = hyperrule_schedule(num_examples)
+    else:
+      resize, crop = KERAS_IO_RESOLUTION
+      steps = int(KERAS_IO_SCHEDULE_LENGTH * REFERENCE_BATCH / flag_values.train_batch_size)
+      warmup, boundaries, mixup = 0, KERAS_IO_BOUNDARIES, 0.0
+    if flag_values.lr_boundaries is not None:
+      try:
+        boundaries = [int(b) for b in flag_values.lr_boundaries]
+      except ValueError:
+        raise ValueError("--lr_boundaries=%s must be integers" %
+                         ",".join(flag_values.lr_boundaries))
+    return dict(
+        variant=flag_values.bit_model,
+        num_classes=source.num_classes,
+        resize_size=finetune.pick(flag_values.resize_size, resize),
+        image_size=finetune.pick(flag_values.image_size, crop),
+        weights=flag_values.weights or None,
+        reset_head=flag_values.reset_head,
+        learning_rate=finetune.pick(
+            flag_values.learning_rate,
+            BASE_LR * flag_values.train_batch_size / float(REFERENCE_BATCH)),
+        warmup_steps=finetune.pick(flag_values.warmup_steps, warmup),
+        lr_boundaries=list(boundaries),
+        train_steps=flag_values.train_steps or steps,
+        momentum=flag_values.momentum,
+        grad_clip_norm=finetune.pick(flag_values.grad_clip_norm, 0.0),
+        mixup_alpha=finetune.pick(flag_values.mixup_alpha, mixup),
+        train_split=train_split,
+        eval_split=eval_split)
+
+  def params(self, flag_values):
+    return self.recipe(flag_values)
+
+  def model_fn(self, features, labels, mode, params):
+    return model_fn_lib.model_fn(features, labels, mode, params)
+
+  def input_fn(self, flag_values, mode):
+    recipe = self.recipe(flag_values)
+    source = finetune.make_source(flag_values.dataset, flag_values.data_dir)
+    resize, crop = recipe["resize_size"], recipe["image_size"]
+    if mode == tf.estimator.ModeKeys.TRAIN:
+      return image_sources.build_input_fn(
+          source, recipe["train_split"], True, lambda e: transfer.bit_train(e, resize, crop),
+          mixup_alpha=recipe["mixup_alpha"], shuffle_buffer=flag_values.shuffle_buffer,
+          seed=flag_values.tf_random_seed)
+    return image_sources.build_input_fn(source, recipe["eval_split"], False,
+                                        lambda e: transfer.bit_eval(e, crop))
+
+  def train_steps(self, flag_values):
+    return self.recipe(flag_values)["train_steps"]
+
+  def serving_input_receiver_fn(self, flag_values):
+    return finetune.serving_input_receiver_fn(self.recipe(flag_values)["image_size"])
+
+  def validate_flags(self, flag_values):
+    finetune.check_positive(flag_values, ["image_size", "resize_size", "learning_rate",
+                                          "shuffle_buffer", "num_train_examples"])
+    finetune.check_non_negative(flag_values, ["momentum", "warmup_steps", "grad_clip_norm",
+                                              "mixup_alpha"])
+    recipe = self.recipe(flag_values)
+    if recipe["resize_size"] < recipe["image_size"]:
+      raise ValueError("--resize_size=%d is smaller than the crop --image_size=%d"
+                       % (recipe["resize_size"], recipe["image_size"]))
+    boundaries = recipe["lr_boundaries"]
+    if boundaries != sorted(boundaries) or (boundaries and boundaries[0] <= 0):
+      raise ValueError("--lr_boundaries=%s must be positive and increasing"
+                       % ",".join(str(b) for b in boundaries))
+    if recipe["weights"]:
+      check_weights(recipe)
+
+
+def check_weights(params):
+  """Raises WeightsMismatchError now (graph only, no values) if the file does not fit."""
+  with tf.Graph().as_default():
+    size = params["image_size"]
+    images = tf.placeholder(tf.float32, [1, size, size, 3])
+    network.bit(images, model_fn_lib.network_config(params), params["num_classes"])
+    weights.plan(params["weights"], tf.trainable_variables(), params["num_classes"],
+                 params["reset_head"])

@@ -1,0 +1,141 @@
+"""Labelled-image datasets behind one interface, and the fine-tuning input pipeline.
+
+A source knows its classes, its split sizes, and yields serialized records that `parse`
+turns into (encoded image, int32 label in [0, num_classes)):
+- `TfdsSource`: a TFDS-layout folder (tf_flowers, converted CIFAR), TFDS split strings;
+- `ImageFolderSource`: ImageNet-format shards (tools/build_image_tfrecords.py, or the
+  tpu/slim ImageNet build), read through input_fns.imagenet; splits `train` and
+  `validation`; the stored 1-based labels are shifted to 0-based.
+
+`build_input_fn` is the pipeline the ViT and BiT recipes share: records -> shuffle
+(training) -> parse + preprocess -> batch -> MixUp (training, optional) -> prefetch.
+"""
+import os
+
+import tensorflow.compat.v1 as tf
+
+from input_fns import imagenet
+from input_fns import tfds_layout
+from migration import backend as backend_lib
+from preprocessing import transfer
+
+# Counting the records of a split reads every byte; above this size the count must be given.
+MAX_BYTES_TO_COUNT = 2 * 1024 ** 3
+# {(shard path, size), ...}: record count; recipes ask for the count several times per run.
+_RECORD_COUNTS = {}
+
+
+class TfdsSource(object):
+
+  def __init__(self, tfds_dataset):
+    self.dataset = tfds_dataset
+    self.class_names = tfds_dataset.class_names()
+    self.num_classes = len(self.class_names)
+
+  def num_examples(self, split):
+    return self.dataset.num_examples(split)
+
+  def check_split(self, split):
+    if not self.dataset.read_plan(split):
+      raise ValueError("split %r of %s is empty" % (split, self.dataset.path))
+
+  def records(self, split, num_workers=1, worker_index=0):
+    return self.dataset.records(split, num_workers, worker_index)
+
+  @staticmethod
+  def parse(serialized):
+    return tfds_layout.parse(serialized)
+
+
+class ImageFolderSource(object):
+  """ImageNet-format shards; classes from labels.txt, else the 1,000 ImageNet classes."""
+
+  SPLITS = {"train": True, "validation": False}
+  IMAGENET_CLASSES = 1000
+
+  def __init__(self, data_dir):
+    self.data_dir = data_dir
+    self.class_names = None
+    labels_path = os.path.join(data_dir or "", imagenet.LABELS_FILENAME)
+    if data_dir and tf.io.gfile.exists(labels_path):
+      with tf.io.gfile.GFile(labels_path) as f:
+        self.class_names = [line.strip() for line in f if line.strip()]
+    self.num_classes = len(self.class_names) if self.class_names else self.IMAGENET_CLASSES
+
+  def _files(self, split):
+    if split not in self.SPLITS:
+      raise ValueError("split %r of the image folder %s: only %s are available (no "
+                       "slicing)" % (split, self.data_dir, ", ".join(sorted(self.SPLITS))))
+    return imagenet.list_shards(self.data_dir, self.SPLITS[split])
+
+  def num_examples(self, split):
+    files = self._files(split)
+    key = frozenset((f, tf.io.gfile.stat(f).length) for f in files)
+    if key not in _RECORD_COUNTS:
+      size = sum(length for _, length in key)
+      if size > MAX_BYTES_TO_COUNT:
+        raise ValueError("the %s split of %s is %.1f GB: too big to count its records; pass "
+                         "--num_train_examples" % (split, self.data_dir, size / 1024.0 ** 3))
+      _RECORD_COUNTS[key] = sum(imagenet.check_tfrecords(files).values())
+    return _RECORD_COUNTS[key]
+
+  def check_split(self, split):
+    self._files(split)
+
+  def records(self, split, num_workers=1, worker_index=0):
+    files = self._files(split)
+    dataset = tf.data.Dataset.from_tensor_slices(files)
+    if num_workers > 1:
+      dataset = dataset.shard(num_workers, worker_index)
+    return dataset.flat_map(tf.data.TFRecordDataset)
+
+  def parse(self, serialized):
+    parsed = tf.parse_single_example(serialized, {
+        "image/encoded": imagenet.FEATURE_SPEC["image/encoded"],
+        "image/class/label": imagenet.FEATURE_SPEC["image/class/label"]})
+    label = tf.cast(parsed["image/class/label"], tf.int32) - 1
+    in_range = tf.Assert(tf.logical_and(label >= 0, label < self.num_classes), [
+        tf.strings.format("1-based image/class/label {} outside [1, %d] in %s"
+                          % (self.num_classes, self.data_dir), label + 1)])
+    with tf.control_dependencies([in_range]):
+      return parsed["image/encoded"], tf.identity(label)
+
+
+def build_input_fn(source, split, is_training, preprocess_fn, mixup_alpha=0.0,
+                   shuffle_buffer=10000, seed=None, drop_remainder=None):
+  """input_fn(params, input_context=None) -> Dataset of ({"image": images}, labels).
+
+  images: float32 [B, size, size, 3] (preprocess_fn(encoded) gives one image); labels:
+  int32 [B], or float32 one-hot [B, num_classes] mixed by MixUp when `mixup_alpha` > 0.
+  Training repeats forever. Evaluation reads the split once; it drops the last partial
+  batch only on the NPU (static shapes) unless `drop_remainder` says otherwise.
+  """
+  if mixup_alpha and mixup_alpha < 0:
+    raise ValueError("mixup alpha must be >= 0, got %r" % mixup_alpha)
+  source.check_split(split)
+  if drop_remainder is None:
+    drop_remainder = is_training or backend_lib.current().is_npu
+
+  def input_fn(params, input_context=None):
+    batch_size = params["batch_size"]
+    num_workers, worker_index = imagenet.worker_shard(input_context)
+    dataset = source.records(split, num_workers, worker_index)
+    if is_training:
+      dataset = dataset.shuffle(shuffle_buffer, seed=seed).repeat()
+
+    def _parse_and_preprocess(serialized):
+      encoded, label = source.parse(serialized)
+      return {"image": preprocess_fn(encoded)}, label
+
+    dataset = dataset.map(_parse_and_preprocess,
+                          num_parallel_calls=tf.data.experimental.AUTOTUNE)
+    dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
+    if is_training and mixup_alpha:
+      def _mixup(features, labels):
+        images, soft_labels = transfer.mixup(
+            features["image"], tf.one_hot(labels, source.num_classes), mixup_alpha)
+        return {"image": images}, soft_labels
+      dataset = dataset.map(_mixup, num_parallel_calls=tf.data.experimental.AUTOTUNE)
+    return dataset.prefetch(tf.data.experimental.AUTOTUNE)
+
+  return input_fn

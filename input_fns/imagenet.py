@@ -1,0 +1,260 @@
+"""ImageNet-format tfrecords (TF-slim / tpu `imagenet_to_gcs.py` layout) -> Estimator input_fn.
+
+Shards are `<data_dir>/train-*` / `<data_dir>/validation-*` (upstream layout) or
+`<data_dir>/train/train-*` / `<data_dir>/validation/validation-*` (Huawei layout). Labels
+are 1-based (0 is the unused background class, hence 1001 classes for ImageNet).
+
+Errors and where they are caught:
+- no shards, ambiguous layouts, a labels.txt with more classes than `num_label_classes`:
+  ValueError when the input_fn is built, before any graph;
+- a label outside [0, num_label_classes), a non-JPEG/PNG or truncated image: an assertion in
+  the parse function whose message names the value and the record's image/filename;
+- a corrupt shard (bad CRC): TFRecordDataset raises DataLossError without the file name, so
+  `check_tfrecords(files)` scans shards and raises ValueError naming the file and record.
+  `build_input_fn(..., check_records=True)` runs it before training (it reads every byte,
+  so it is opt-in); after a DataLossError the run loop can call
+  `check_tfrecords(input_fn.files)` to name the culprit.
+"""
+import os
+
+from absl import logging
+import tensorflow.compat.v1 as tf
+
+from preprocessing import inception
+
+TRAIN_PREFIX = "train"
+VALIDATION_PREFIX = "validation"
+LABELS_FILENAME = "labels.txt"
+READ_BUFFER_BYTES = 8 * 1024 * 1024
+MAX_CYCLE_LENGTH = 16
+DEFAULT_SHUFFLE_BUFFER = 1024
+
+FEATURE_SPEC = {
+    "image/encoded": tf.FixedLenFeature((), tf.string, ""),
+    "image/format": tf.FixedLenFeature((), tf.string, "jpeg"),
+    "image/filename": tf.FixedLenFeature((), tf.string, ""),
+    "image/class/label": tf.FixedLenFeature((), tf.int64, -1),
+    "image/class/text": tf.FixedLenFeature((), tf.string, ""),
+    "image/object/bbox/xmin": tf.VarLenFeature(tf.float32),
+    "image/object/bbox/ymin": tf.VarLenFeature(tf.float32),
+    "image/object/bbox/xmax": tf.VarLenFeature(tf.float32),
+    "image/object/bbox/ymax": tf.VarLenFeature(tf.float32),
+    "image/object/class/label": tf.VarLenFeature(tf.int64),
+}
+
+
+def file_patterns(data_dir, is_training):
+  """The two globs tried, upstream layout first."""
+  prefix = TRAIN_PREFIX if is_training else VALIDATION_PREFIX
+  return [os.path.join(data_dir, prefix + "-*"), os.path.join(data_dir, prefix, prefix + "-*")]
+
+
+def glob(pattern):
+  """Sorted matches; [] when the pattern's directory is missing (TF 1.15 raises there)."""
+  try:
+    return sorted(tf.io.gfile.glob(pattern))
+  except tf.errors.NotFoundError:
+    return []
+
+
+def list_shards(data_dir, is_training):
+  """Sorted shard paths of one split; ValueError naming the dir and both globs if none."""
+  split = "training" if is_training else "validation"
+  if not data_dir:
+    raise ValueError("--data_dir is empty: it must name a directory of ImageNet-format "
+                     "tfrecords (or use synthetic data)")
+  if not tf.io.gfile.isdir(data_dir):
+    raise ValueError("--data_dir=%s is not a directory" % data_dir)
+  flat, nested = file_patterns(data_dir, is_training)
+  flat_files = glob(flat)
+  nested_files = glob(nested)
+  if flat_files and nested_files:
+    raise ValueError("--data_dir=%s holds %s shards in both layouts (%s and %s); keep one" %
+                     (data_dir, split, flat, nested))
+  files = flat_files or nested_files
+  if not files:
+    raise ValueError("--data_dir=%s has no %s tfrecord shards: tried %s and %s" %
+                     (data_dir, split, flat, nested))
+  return files
+
+
+def check_label_file(data_dir, num_label_classes, label_offset=0):
+  """If data_dir has labels.txt (written by tools/build_image_tfrecords.py), checks its size."""
+  path = os.path.join(data_dir, LABELS_FILENAME)
+  if not tf.io.gfile.exists(path):
+    return None
+  with tf.io.gfile.GFile(path) as f:
+    names = [line.strip() for line in f if line.strip()]
+  needed = len(names) + 1 - label_offset
+  if needed > num_label_classes:
+    raise ValueError(
+        "%s lists %d classes (labels 1..%d, label_offset %d) so num_label_classes must be at "
+        "least %d, got %d" % (path, len(names), len(names), label_offset, needed,
+                              num_label_classes))
+  return names
+
+
+def check_tfrecords(files, max_records_per_file=None):
+  """Reads every record (checking CRCs); returns {file: records read}.
+
+  Raises ValueError naming the file and the failing record on a corrupt or truncated shard.
+  """
+  counts = {}
+  for path in files:
+    count = 0
+    try:
+      for _ in tf.io.tf_record_iterator(path):
+        count += 1
+        if max_records_per_file and count >= max_records_per_file:
+          break
+    except (tf.errors.DataLossError, tf.errors.OutOfRangeError) as error:
+      raise ValueError("corrupt tfrecord file %s: reading record %d failed (%s)" %
+                       (path, count, error.message))
+    counts[path] = count
+  return counts
+
+
+def worker_shard(input_context=None):
+  """(num_workers, worker_index) from a tf.distribute InputContext or RANK_SIZE/RANK_ID."""
+  if input_context is not None:
+    return input_context.num_input_pipelines, input_context.input_pipeline_id
+  values = {}
+  for name, default in (("RANK_SIZE", "1"), ("RANK_ID", "0")):
+    raw = os.environ.get(name, default)
+    try:
+      values[name] = int(raw)
+    except ValueError:
+      raise ValueError("environment variable %s=%r is not an integer" % (name, raw))
+  if values["RANK_SIZE"] < 1 or not 0 <= values["RANK_ID"] < values["RANK_SIZE"]:
+    raise ValueError("environment RANK_ID=%d, RANK_SIZE=%d: need 0 <= RANK_ID < RANK_SIZE" %
+                     (values["RANK_ID"], values["RANK_SIZE"]))
+  return values["RANK_SIZE"], values["RANK_ID"]
+
+
+def parse_record(serialized, is_training, image_size, num_label_classes, label_offset=0,
+                 use_fast_color_distort=True, cb_distortion_range=0.1,
+                 cr_distortion_range=0.1, fast_mode=True):
+  """Serialized tf.Example -> (float32 image [H, W, 3] in [-1, 1], int32 label)."""
+  parsed = tf.parse_single_example(serialized, FEATURE_SPEC)
+  name = parsed["image/filename"]
+  label = tf.cast(parsed["image/class/label"], tf.int32) - label_offset
+  label_ok = tf.Assert(
+      tf.logical_and(label >= 0, label < num_label_classes),
+      [tf.strings.join([
+          "image/class/label ", tf.strings.as_string(label + label_offset), " of record ",
+          name, " is outside [0, %d)%s (-1 means the record has no label)" % (
+              num_label_classes,
+              " after subtracting label_offset %d" % label_offset if label_offset else "")])])
+  image = inception.preprocess_image(
+      parsed["image/encoded"], is_training, image_size,
+      use_fast_color_distort=use_fast_color_distort,
+      cb_distortion_range=cb_distortion_range, cr_distortion_range=cr_distortion_range,
+      fast_mode=fast_mode, image_name=name)
+  with tf.control_dependencies([label_ok]):
+    label = tf.identity(label)
+  return image, label
+
+
+def _read_records(path):
+  return tf.data.TFRecordDataset(path, buffer_size=READ_BUFFER_BYTES)
+
+
+def _parallel_interleave(files, cycle_length, sloppy):
+  """Reads `cycle_length` files in parallel.
+
+  TF 1.15's Dataset.interleave(num_parallel_calls=...) segfaults when a session is closed
+  while it is reading (as the Estimator does after each train/evaluate call), so TF 1.x
+  uses the older parallel_interleave, as the upstream AmoebaNet code does.
+  """
+  if tf.__version__.startswith("1."):
+    return files.apply(tf.data.experimental.parallel_interleave(
+        _read_records, cycle_length=cycle_length, sloppy=sloppy))
+  return files.interleave(_read_records, cycle_length=cycle_length,
+                          num_parallel_calls=tf.data.experimental.AUTOTUNE)
+
+
+def _set_deterministic(dataset, deterministic):
+  options = tf.data.Options()
+  if hasattr(options, "deterministic"):
+    options.deterministic = deterministic
+  else:  # TF 1.15
+    options.experimental_deterministic = deterministic
+  return dataset.with_options(options)
+
+
+def synthetic_dataset(batch_size, image_size, num_label_classes, is_training,
+                      num_eval_batches=10):
+  """One random batch (images in [-1, 1]) repeated: measures the model, not the input."""
+
+  def random_batch(_):
+    images = tf.random.uniform([batch_size, image_size, image_size, 3], -1.0, 1.0)
+    labels = tf.random.uniform([batch_size], 0, num_label_classes, dtype=tf.int32)
+    return images, labels
+
+  dataset = tf.data.Dataset.range(1).map(random_batch).cache().repeat()
+  if not is_training:
+    dataset = dataset.take(num_eval_batches)
+  return dataset
+
+
+def build_input_fn(data_dir, is_training, image_size, num_label_classes=1001,
+                   use_fast_color_distort=True, cb_distortion_range=0.1,
+                   cr_distortion_range=0.1, synthetic=False, label_offset=0,
+                   fast_mode=True, shuffle_buffer=DEFAULT_SHUFFLE_BUFFER, cycle_length=None,
+                   drop_remainder=True, seed=None, check_records=False,
+                   synthetic_eval_batches=10):
+  """Returns input_fn(params, input_context=None) -> Dataset of (images, labels).
+
+  images: float32 [B, image_size, image_size, 3] in [-1, 1]; labels: int32 [B] (the stored
+  label minus `label_offset`). B = params['batch_size'], per worker. Training repeats
+  forever; evaluation reads the validation split once. `drop_remainder` (default True, as
+  upstream; static shapes suit the NPU) makes evaluation skip the last partial batch.
+  The returned function has attribute `files` (the shards; empty in synthetic mode).
+  """
+  if image_size <= 0:
+    raise ValueError("image_size must be positive, got %r" % (image_size,))
+  if num_label_classes < 2:
+    raise ValueError("num_label_classes must be >= 2, got %r" % (num_label_classes,))
+  if synthetic:
+    files = []
+    logging.warning("Input: SYNTHETIC data (random %dx%d images, %d classes); data_dir is "
+                    "ignored", image_size, image_size, num_label_classes)
+  else:
+    files = list_shards(data_dir, is_training)
+    check_label_file(data_dir, num_label_classes, label_offset)
+    if check_records:
+      counts = check_tfrecords(files)
+      logging.info("Checked %d shards: %d records", len(files), sum(counts.values()))
+    logging.info("Input: %d %s shards from %s", len(files),
+                 "training" if is_training else "validation", data_dir)
+
+  def input_fn(params, input_context=None):
+    batch_size = params["batch_size"]
+    if synthetic:
+      return synthetic_dataset(batch_size, image_size, num_label_classes, is_training,
+                               synthetic_eval_batches)
+    num_workers, worker_index = worker_shard(input_context)
+    dataset = tf.data.Dataset.from_tensor_slices(files)
+    shard_files = len(files) >= num_workers
+    if num_workers > 1 and shard_files:
+      dataset = dataset.shard(num_workers, worker_index)
+    worker_files = len(files) // num_workers if shard_files else len(files)
+    if is_training:
+      dataset = dataset.shuffle(len(files), seed=seed, reshuffle_each_iteration=True).repeat()
+    cycle = cycle_length or min(max(worker_files, 1), MAX_CYCLE_LENGTH, os.cpu_count() or 1)
+    dataset = _parallel_interleave(dataset, cycle, sloppy=is_training)
+    if num_workers > 1 and not shard_files:
+      dataset = dataset.shard(num_workers, worker_index)
+    if is_training:
+      dataset = dataset.shuffle(shuffle_buffer, seed=seed)
+    dataset = dataset.map(
+        lambda record: parse_record(
+            record, is_training, image_size, num_label_classes, label_offset,
+            use_fast_color_distort, cb_distortion_range, cr_distortion_range, fast_mode),
+        num_parallel_calls=tf.data.experimental.AUTOTUNE)
+    dataset = dataset.batch(batch_size, drop_remainder=is_training or drop_remainder)
+    dataset = dataset.prefetch(tf.data.experimental.AUTOTUNE)
+    return _set_deterministic(dataset, deterministic=not is_training)
+
+  input_fn.files = files
+  return input_fn

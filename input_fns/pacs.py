@@ -1,0 +1,428 @@
+"""PACS for MASF: split lists, a tfrecord builder and the episodic / evaluation input_fns.
+
+Layout of the release (see ../shared/data/README.md):
+  <dataroot>/kfold/<domain>/<class>/<file>           227x227 JPEG (sketch: PNG)
+  <dataroot>/splits/<domain>_<split>_kfold.txt       "<domain>/<class>/<file> <label 1..7>"
+
+Labels are made 0-based here (dog=0 ... person=6). The MASF code and its Ascend port feed the
+1-based labels to `one_hot(., 7)`, which turns every "person" image into an all-zero row.
+
+Every list line is checked before any long work: malformed lines, labels outside 1..7, a label
+that disagrees with the class folder, a domain folder that is not the list's domain, a path
+listed twice, and (builder) missing or undecodable images. By default all problems are
+reported together in one PacsDataError naming file:line; with skip_bad_lines they are
+dropped, counted and logged (and the builder records them in its summary json).
+
+Builder (decodes every image once with PIL to prove it readable, stores the original bytes):
+  python -m input_fns.pacs --dataroot=<pacs> --output_dir=<dir> [--skip_bad_lines]
+writes <dir>/pacs_<domain>_<split>.tfrecord and <dir>/pacs_summary.json.
+"""
+import argparse
+import collections
+import io
+import json
+import logging
+import os
+import sys
+
+import tensorflow.compat.v1 as tf
+
+from preprocessing import alexnet as alexnet_preprocessing
+
+DOMAINS = ("art_painting", "cartoon", "photo", "sketch")
+CLASS_NAMES = ("dog", "elephant", "giraffe", "guitar", "horse", "house", "person")
+NUM_CLASSES = len(CLASS_NAMES)
+SPLITS = ("train", "crossval", "test")
+SUMMARY_FILE = "pacs_summary.json"
+_MAX_LISTED_PROBLEMS = 25
+
+ListEntry = collections.namedtuple("ListEntry", ["relpath", "label", "list_file", "line"])
+
+_log = logging.getLogger(__name__)
+
+
+class PacsDataError(ValueError):
+  """The PACS lists or images are not what the pipeline expects."""
+
+
+def default_dataroot():
+  """$DATA_ROOT/pacs, else <repo>/../shared/data/pacs."""
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  data_root = os.environ.get("DATA_ROOT") or os.path.join(repo, "..", "shared", "data")
+  return os.path.normpath(os.path.join(data_root, "pacs"))
+
+
+def split_list_path(dataroot, domain, split):
+  return os.path.join(dataroot, "splits", "%s_%s_kfold.txt" % (domain, split))
+
+
+def image_path(dataroot, relpath):
+  return os.path.join(dataroot, "kfold", relpath)
+
+
+def tfrecord_path(data_dir, domain, split):
+  return os.path.join(data_dir, "pacs_%s_%s.tfrecord" % (domain, split))
+
+
+def _check_domain_split(domain, split):
+  if domain not in DOMAINS:
+    raise PacsDataError("unknown PACS domain %r; expected one of %s" % (domain, ", ".join(DOMAINS)))
+  if split not in SPLITS:
+    raise PacsDataError("unknown PACS split %r; expected one of %s" % (split, ", ".join(SPLITS)))
+
+
+def _format_problems(problems, what):
+  shown = ["  %s" % p for p in problems[:_MAX_LISTED_PROBLEMS]]
+  if len(problems) > _MAX_LISTED_PROBLEMS:
+    shown.append("  ... and %d more" % (len(problems) - _MAX_LISTED_PROBLEMS))
+  return "%d %s:\n%s" % (len(problems), what, "\n".join(shown))
+
+
+def parse_split_list(path, domain):
+  """Parses one official list -> (entries with 0-based labels, problems as strings).
+
+  A problem line is not returned as an entry; the caller decides to fail or to skip.
+  """
+  if not os.path.isfile(path):
+    raise PacsDataError("PACS split list %s does not exist (expected "
+                        "<dataroot>/splits/<domain>_<split>_kfold.txt)" % path)
+  entries, problems, seen = [], [], {}
+  with open(path) as f:
+    for number, raw in enumerate(f, 1):
+      line = raw.strip()
+      if not line:
+        continue
+      where = "%s:%d" % (path, number)
+      fields = line.rsplit(None, 1)
+      if len(fields) != 2 or not fields[1].lstrip("-").isdigit():
+        problems.append("%s: expected '<domain>/<class>/<file> <label>', got %r" % (where, line))
+        continue
+      relpath, label = fields[0], int(fields[1])
+      parts = relpath.split("/")
+      if not 1 <= label <= NUM_CLASSES:
+        problems.append("%s: label %d of %s is outside 1..%d" % (where, label, relpath, NUM_CLASSES))
+        continue
+      if len(parts) != 3 or parts[0] != domain:
+        problems.append("%s: %s is not <%s>/<class>/<file>" % (where, relpath, domain))
+        continue
+      if parts[1] != CLASS_NAMES[label - 1]:
+        problems.append("%s: label %d means %r but %s is in folder %r"
+                        % (where, label, CLASS_NAMES[label - 1], relpath, parts[1]))
+        continue
+      if relpath in seen:
+        problems.append("%s: %s is already listed on line %d" % (where, relpath, seen[relpath]))
+        continue
+      seen[relpath] = number
+      entries.append(ListEntry(relpath, label - 1, path, number))
+  if not entries and not problems:
+    raise PacsDataError("PACS split list %s is empty" % path)
+  return entries, problems
+
+
+def read_split_list(dataroot, domain, split, skip_bad_lines=False, check_files=True):
+  """Entries of `<domain>_<split>_kfold.txt` with 0-based labels; problems fail or are skipped.
+
+  check_files also requires each listed image to exist (decodability is the builder's job).
+  """
+  _check_domain_split(domain, split)
+  path = split_list_path(dataroot, domain, split)
+  entries, problems = parse_split_list(path, domain)
+  if check_files:
+    present = []
+    for entry in entries:
+      if os.path.isfile(image_path(dataroot, entry.relpath)):
+        present.append(entry)
+      else:
+        problems.append("%s:%d: image %s does not exist"
+                        % (path, entry.line, image_path(dataroot, entry.relpath)))
+    entries = present
+  _resolve_problems(problems, skip_bad_lines, "bad line(s) in %s" % path)
+  return entries
+
+
+def _resolve_problems(problems, skip_bad_lines, what):
+  if not problems:
+    return
+  if not skip_bad_lines:
+    raise PacsDataError(_format_problems(problems, what) +
+                        "\nFix the list, or pass skip_bad_lines (--skip_bad_lines / "
+                        "--skip_bad_list_lines) to drop and count these lines.")
+  _log.warning("skipping %s", _format_problems(problems, what))
+
+
+def _decode_with_pil(path):
+  """Returns (encoded bytes, height, width, format) or raises with the reason."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top  (builder-only dependency)
+  with open(path, "rb") as f:
+    encoded = f.read()
+  with Image.open(io.BytesIO(encoded)) as image:
+    image.load()
+    if image.format not in ("JPEG", "PNG"):
+      raise ValueError("format %s is neither JPEG nor PNG" % image.format)
+    return encoded, image.size[1], image.size[0], image.format.lower()
+
+
+def _bytes_feature(value):
+  return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
+
+
+def _int_feature(value):
+  return tf.train.Feature(int64_list=tf.train.Int64List(value=[value]))
+
+
+def _example(encoded, height, width, image_format, label, relpath, domain):
+  return tf.train.Example(features=tf.train.Features(feature={
+      "image/encoded": _bytes_feature(encoded),
+      "image/format": _bytes_feature(image_format.encode()),
+      "image/height": _int_feature(height),
+      "image/width": _int_feature(width),
+      "image/class/label": _int_feature(label),
+      "image/class/text": _bytes_feature(CLASS_NAMES[label].encode()),
+      "image/domain": _bytes_feature(domain.encode()),
+      "image/filename": _bytes_feature(relpath.encode()),
+  }))
+
+
+def build_tfrecords(dataroot, output_dir, domains=DOMAINS, splits=SPLITS,
+                    skip_bad_lines=False, max_per_list=None):
+  """Writes pacs_<domain>_<split>.tfrecord (0-based labels) and pacs_summary.json.
+
+  All lists are validated and every image decoded (once per path) before anything is
+  written, so a bad release fails fast with every problem listed. max_per_list keeps the
+  first N good lines of each list (tests). Returns the summary dict.
+  """
+  for domain in domains:
+    for split in splits:
+      _check_domain_split(domain, split)
+  plans, problems, decoded = [], [], {}
+  for domain in domains:
+    for split in splits:
+      entries, list_problems = parse_split_list(split_list_path(dataroot, domain, split), domain)
+      problems.extend(list_problems)
+      good = []
+      for entry in entries:
+        if max_per_list is not None and len(good) >= max_per_list:
+          break
+        path = image_path(dataroot, entry.relpath)
+        if path not in decoded:
+          try:
+            decoded[path] = _decode_with_pil(path)
+          except (IOError, OSError, ValueError) as e:
+            decoded[path] = "%s: %s" % (type(e).__name__, e)
+        if isinstance(decoded[path], str):
+          problems.append("%s:%d: image %s is missing or unreadable (%s)"
+                          % (entry.list_file, entry.line, path, decoded[path]))
+        else:
+          good.append(entry)
+      plans.append((domain, split, good))
+  _resolve_problems(problems, skip_bad_lines, "bad line(s) in the PACS lists under %s"
+                    % os.path.join(dataroot, "splits"))
+
+  tf.io.gfile.makedirs(output_dir)
+  counts = {}
+  for domain, split, entries in plans:
+    out = tfrecord_path(output_dir, domain, split)
+    with tf.io.TFRecordWriter(out) as writer:
+      for entry in entries:
+        encoded, height, width, image_format = decoded[image_path(dataroot, entry.relpath)]
+        writer.write(_example(encoded, height, width, image_format, entry.label,
+                              entry.relpath, domain).SerializeToString())
+    counts["%s_%s" % (domain, split)] = len(entries)
+    _log.info("wrote %d examples to %s", len(entries), out)
+  summary = {"dataroot": os.path.abspath(dataroot), "class_names": list(CLASS_NAMES),
+             "label_base": 0, "counts": counts, "skipped_lines": problems}
+  with open(os.path.join(output_dir, SUMMARY_FILE), "w") as f:
+    json.dump(summary, f, indent=1)
+  return summary
+
+
+def read_summary(data_dir):
+  path = os.path.join(data_dir, SUMMARY_FILE)
+  if not os.path.isfile(path):
+    raise PacsDataError("%s not found: --data_dir must hold PACS tfrecords written by "
+                        "`python -m input_fns.pacs --dataroot=... --output_dir=%s`"
+                        % (path, data_dir))
+  with open(path) as f:
+    return json.load(f)
+
+
+class PacsSource(object):
+  """Where the examples come from: tfrecords in data_dir if given, else the raw lists."""
+
+  def __init__(self, data_dir=None, dataroot=None, skip_bad_lines=False):
+    self.data_dir = data_dir or None
+    self.dataroot = dataroot or default_dataroot()
+    self.skip_bad_lines = skip_bad_lines
+    self._summary = read_summary(self.data_dir) if self.data_dir else None
+    self._entries = {}
+
+  def describe(self):
+    return ("tfrecords in %s" % self.data_dir if self.data_dir
+            else "split lists under %s" % self.dataroot)
+
+  def _list_entries(self, domain, split):
+    key = (domain, split)
+    if key not in self._entries:
+      self._entries[key] = read_split_list(self.dataroot, domain, split,
+                                           skip_bad_lines=self.skip_bad_lines)
+    return self._entries[key]
+
+  def check(self, domain_splits):
+    """Fails (one error, every missing file or bad line) before any graph is built."""
+    for domain, split in domain_splits:
+      self.count(domain, split)
+
+  def count(self, domain, split):
+    _check_domain_split(domain, split)
+    if self.data_dir:
+      key = "%s_%s" % (domain, split)
+      path = tfrecord_path(self.data_dir, domain, split)
+      if key not in self._summary["counts"] or not tf.io.gfile.exists(path):
+        raise PacsDataError("%s is missing: rebuild the tfrecords with %s included" % (path, key))
+      return self._summary["counts"][key]
+    return len(self._list_entries(domain, split))
+
+  def encoded_dataset(self, domain, split):
+    """Dataset of (encoded image bytes, 0-based int32 label)."""
+    if self.data_dir:
+      spec = {"image/encoded": tf.io.FixedLenFeature([], tf.string),
+              "image/class/label": tf.io.FixedLenFeature([], tf.int64)}
+
+      def _parse(record):
+        parsed = tf.io.parse_single_example(record, spec)
+        return parsed["image/encoded"], tf.cast(parsed["image/class/label"], tf.int32)
+
+      self.count(domain, split)
+      return tf.data.TFRecordDataset(tfrecord_path(self.data_dir, domain, split)).map(_parse)
+    entries = self._list_entries(domain, split)
+    paths = [image_path(self.dataroot, e.relpath) for e in entries]
+    labels = [e.label for e in entries]
+    files = tf.data.Dataset.from_tensor_slices((paths, tf.constant(labels, tf.int32)))
+    return files.map(lambda path, label: (tf.io.read_file(path), label))
+
+
+_AUTOTUNE = tf.data.experimental.AUTOTUNE
+
+
+def _decoded(dataset, image_size):
+  return dataset.map(
+      lambda encoded, label: (alexnet_preprocessing.resize_uint8(
+          alexnet_preprocessing.decode_rgb(encoded), image_size), label),
+      num_parallel_calls=_AUTOTUNE)
+
+
+def domain_train_dataset(source, domain, image_size, batch_size, cache_decoded=True,
+                         split="train"):
+  """Endless uint8 batches of one domain, reshuffled every epoch (the reference re-initialises
+  each domain's iterator every epoch and shuffles its whole list)."""
+  count = source.count(domain, split)
+  if count < batch_size:
+    raise PacsDataError("%s/%s has %d images, fewer than --meta_batch_size=%d"
+                        % (domain, split, count, batch_size))
+  dataset = source.encoded_dataset(domain, split)
+  if cache_decoded:
+    # Decode once; shuffled copies share the cached uint8 buffers.
+    dataset = _decoded(dataset, image_size).cache()
+    dataset = dataset.shuffle(count, reshuffle_each_iteration=True).repeat()
+  else:
+    dataset = dataset.shuffle(count, reshuffle_each_iteration=True).repeat()
+    dataset = _decoded(dataset, image_size)
+  return dataset.batch(batch_size, drop_remainder=True)
+
+
+def episode_dataset(source, source_domains, meta_batch_size, image_size, flip_probability,
+                    cache_decoded=True):
+  """One element per step: meta_batch_size images from each of the three source domains in
+  a random order drawn per step, so that roles are [meta-train a | meta-train a1 | meta-test b].
+
+  features: images [3B, S, S, 3] float32 BGR; domains [3B] int32 (index in DOMAINS).
+  labels: [3B] int32, 0-based.
+  """
+  if len(source_domains) != 3 or len(set(source_domains)) != 3:
+    raise PacsDataError("an episode needs 3 distinct source domains, got %s" % (source_domains,))
+  per_domain = tuple(domain_train_dataset(source, d, image_size, meta_batch_size, cache_decoded)
+                     for d in source_domains)
+  domain_ids = tf.constant([DOMAINS.index(d) for d in source_domains], tf.int32)
+  total = 3 * meta_batch_size
+
+  def _episode(*batches):
+    images = tf.stack([b[0] for b in batches])
+    labels = tf.stack([b[1] for b in batches])
+    order = tf.random.shuffle(tf.range(3))
+    images = tf.reshape(tf.gather(images, order), [total, image_size, image_size, 3])
+    images = alexnet_preprocessing.preprocess_batch_for_train(images, flip_probability)
+    labels = tf.reshape(tf.gather(labels, order), [total])
+    domains = tf.reshape(tf.tile(tf.gather(domain_ids, order)[:, None], [1, meta_batch_size]),
+                         [total])
+    return {"images": images, "domains": domains}, labels
+
+  return tf.data.Dataset.zip(per_domain).map(_episode).prefetch(1)
+
+
+def eval_dataset(source, domain_splits, image_size, batch_size, with_labels=True, pad=True):
+  """Every image of the given (domain, split) lists once, in order.
+
+  features: images, domains (index in DOMAINS), weights; labels 0-based (or features only).
+  With pad, every batch has exactly batch_size rows (static shapes for the NPU): the last
+  one is padded with weight-0 rows of domain -1.
+  """
+  datasets = []
+  for domain, split in domain_splits:
+    domain_id = DOMAINS.index(domain)
+    datasets.append(source.encoded_dataset(domain, split).map(
+        lambda encoded, label, i=domain_id: (encoded, label, i)))
+  dataset = datasets[0]
+  for other in datasets[1:]:
+    dataset = dataset.concatenate(other)
+
+  def _prepare(encoded, label, domain_id):
+    image = alexnet_preprocessing.resize_uint8(alexnet_preprocessing.decode_rgb(encoded),
+                                               image_size)
+    return alexnet_preprocessing.preprocess_for_eval(image), label, domain_id
+
+  dataset = dataset.map(_prepare, num_parallel_calls=_AUTOTUNE).batch(batch_size)
+
+  def _finish(images, labels, domain_ids):
+    real = tf.shape(labels)[0]
+    weights = tf.ones([real], tf.float32)
+    if pad:
+      missing = batch_size - real
+      images = tf.pad(images, [[0, missing], [0, 0], [0, 0], [0, 0]])
+      labels = tf.pad(labels, [[0, missing]])
+      domain_ids = tf.pad(domain_ids, [[0, missing]], constant_values=-1)
+      weights = tf.pad(weights, [[0, missing]])
+      for tensor in (images, labels, domain_ids, weights):
+        tensor.set_shape([batch_size] + tensor.shape.as_list()[1:])
+    features = {"images": images, "domains": domain_ids, "weights": weights}
+    return (features, labels) if with_labels else features
+
+  return dataset.map(_finish).prefetch(1)
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--dataroot", default=default_dataroot(),
+                      help="PACS root holding kfold/ and splits/ (default: %(default)s)")
+  parser.add_argument("--output_dir", required=True)
+  parser.add_argument("--domains", default=",".join(DOMAINS))
+  parser.add_argument("--splits", default=",".join(SPLITS))
+  parser.add_argument("--skip_bad_lines", action="store_true",
+                      help="drop (and count) bad list lines instead of failing")
+  args = parser.parse_args(argv)
+  logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+  try:
+    summary = build_tfrecords(args.dataroot, args.output_dir,
+                              domains=[d for d in args.domains.split(",") if d],
+                              splits=[s for s in args.splits.split(",") if s],
+                              skip_bad_lines=args.skip_bad_lines)
+  except PacsDataError as e:
+    sys.stderr.write("error: %s\n" % e)
+    return 1
+  print("wrote %d tfrecord files to %s (%d images, %d bad lines skipped)"
+        % (len(summary["counts"]), args.output_dir, sum(summary["counts"].values()),
+           len(summary["skipped_lines"])))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,5 @@
+"""`python protoattend.py --mode=train_and_eval --data_dir=... --model_dir=...` (--helpfull for flags)."""
+from estimators import run_loop
+
+if __name__ == "__main__":
+  run_loop.main("protoattend")
