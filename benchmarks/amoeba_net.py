@@ -206,6 +206,8 @@ def measure_model(name, args):
       "trainable_parameters_eval_graph": eval_timer.trainable_parameters,
       "precision_mode": settings["precision_mode"],
       "compute_dtype": params["compute_dtype"],
+      "precision_fallback_to_fp32": bool(settings["precision_mode"]) and
+                                    params["compute_dtype"] == "float32",
       "observed_compute_dtype": {"train": train.get("observed_compute_dtype"),
                                  "eval": evaluation.get("observed_compute_dtype")},
       "device": backend.device,

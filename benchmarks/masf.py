@@ -341,7 +341,8 @@ def main(argv=None):
     for path in temporary:
       shutil.rmtree(path, ignore_errors=True)
 
-  sys.stderr.write(tables(runs, args.algorithm_list) + "\n")
+  table = tables(runs, args.algorithm_list)
+  sys.stderr.write(table + "\n")
   whole_lists = args.eval_steps is None
   result = {
       "benchmark": "masf",
@@ -373,6 +374,7 @@ def main(argv=None):
       "measured_accuracy_percent": summarize(runs, args.algorithm_list),
       "published_accuracy_percent": PUBLISHED,
       "published_timing": ASCEND_PORT_TIMING,
+      "table_markdown": table,
       "measured_seconds_per_iteration": dict(
           (a, dict((r["target_domain"], r["seconds_per_iteration"]) for r in runs
                    if r["algorithm"] == a)) for a in args.algorithm_list),

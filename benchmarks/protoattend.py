@@ -167,6 +167,15 @@ def make_train_clock(tf, deadline):
       self.first_step_cpu_seconds = 0.0
       self._start = None
       self._start_cpu = None
+      self.begin_time = None
+      self.session_ready_time = None
+      self.last_step_end_time = None
+
+    def begin(self):
+      self.begin_time = time.time()
+
+    def after_create_session(self, session, coord):
+      self.session_ready_time = time.time()
 
     def before_run(self, run_context):
       self._start = time.time()
@@ -182,6 +191,7 @@ def make_train_clock(tf, deadline):
       if self.steps == 1:
         self.first_step_seconds = elapsed
         self.first_step_cpu_seconds = cpu
+      self.last_step_end_time = now
       if now >= deadline:
         run_context.request_stop()
 
@@ -267,6 +277,8 @@ def run(args, model_argv):
   budget = args.max_minutes * 60.0
   totals = {"train_wall_seconds": 0.0, "train_step_seconds": 0.0, "first_step_seconds": 0.0,
             "step_cpu_seconds": 0.0, "first_step_cpu_seconds": 0.0,
+            "graph_build_seconds": 0.0, "session_setup_seconds": 0.0,
+            "first_step_start_delay_seconds": 0.0, "train_end_seconds": 0.0,
             "steps_timed": 0, "chunks": 0, "eval_seconds": 0.0}
   curve = []
   step = 0
@@ -279,7 +291,14 @@ def run(args, model_argv):
     runner.estimator.train(train_input_fn,
                            max_steps=min(step + args.eval_every_steps, args.max_steps),
                            hooks=[clock])
-    totals["train_wall_seconds"] += time.time() - chunk_start
+    chunk_end = time.time()
+    totals["train_wall_seconds"] += chunk_end - chunk_start
+    if clock.steps:
+      totals["graph_build_seconds"] += clock.begin_time - chunk_start
+      totals["session_setup_seconds"] += clock.session_ready_time - clock.begin_time
+      totals["first_step_start_delay_seconds"] += (
+          clock.last_step_end_time - clock.session_ready_time - clock.step_seconds)
+      totals["train_end_seconds"] += chunk_end - clock.last_step_end_time
     totals["train_step_seconds"] += clock.step_seconds
     totals["first_step_seconds"] += clock.first_step_seconds
     totals["step_cpu_seconds"] += clock.step_cpu_seconds
@@ -328,6 +347,12 @@ def run(args, model_argv):
           "eval_seconds": round(totals["eval_seconds"], 2),
           "total_wall_seconds": round(time.time() - start, 2),
           "chunks": totals["chunks"],
+          "chunk_overhead_seconds": {
+              "graph_build": round(totals["graph_build_seconds"], 2),
+              "session_setup_and_restore": round(totals["session_setup_seconds"], 2),
+              "between_steps": round(totals["first_step_start_delay_seconds"], 2),
+              "final_checkpoint_save": round(totals["train_end_seconds"], 2),
+          },
           "steps_per_sec_train_wall": rate(step, totals["train_wall_seconds"]),
           "steps_per_sec_steady": rate(steady_steps, steady_seconds),
           "examples_per_sec_steady": rate(steady_steps * flags_.train_batch_size,

@@ -269,7 +269,7 @@ def run_loop_flags(job):
   argv = ["--data_dir=%s" % job["data_dir"], "--dataset=tf_flowers",
           "--model_dir=%s" % job["model_dir"], "--tf_random_seed=%d" % job["seed"],
           "--device=auto",
-          "--save_summary_steps=1000000", "--log_step_count_steps=50"]
+          "--save_summary_steps=1000000", "--log_step_count_steps=10"]
   if job["precision_mode"] != DEFAULT_PRECISION:
     argv.append("--precision_mode=%s" % job["precision_mode"])
   size = job["image_size"]

@@ -84,12 +84,40 @@ class ExponentialUpdateLossScaleManager(object):
                       tf.assign(self._bad, new_bad))
 
 
-class LossScaleOptimizer(tf.train.Optimizer):
+class _DelegatingOptimizer(tf.train.Optimizer):
+  """An optimizer that hands every call to the one it wraps (subclasses override some)."""
+
+  def __init__(self, optimizer, name):
+    super(_DelegatingOptimizer, self).__init__(use_locking=False, name=name)
+    self._optimizer = optimizer
+
+  def compute_gradients(self, loss, var_list=None, **kwargs):
+    return self._optimizer.compute_gradients(loss, var_list=var_list, **kwargs)
+
+  def apply_gradients(self, grads_and_vars, global_step=None, name=None):
+    return self._optimizer.apply_gradients(grads_and_vars, global_step, name)
+
+  def get_slot(self, var, name):
+    return self._optimizer.get_slot(var, name)
+
+  def get_slot_names(self):
+    return self._optimizer.get_slot_names()
+
+  def variables(self):
+    return self._optimizer.variables()
+
+  def _apply_dense(self, grad, var):
+    raise NotImplementedError("%s delegates apply_gradients" % type(self).__name__)
+
+  def _resource_apply_dense(self, grad, handle):
+    raise NotImplementedError("%s delegates apply_gradients" % type(self).__name__)
+
+
+class LossScaleOptimizer(_DelegatingOptimizer):
   """Loss scaling for CPU/GPU with NPULossScaleOptimizer's behaviour."""
 
   def __init__(self, optimizer, loss_scale_manager, name="LossScaleOptimizer"):
-    super(LossScaleOptimizer, self).__init__(use_locking=False, name=name)
-    self._optimizer = optimizer
+    super(LossScaleOptimizer, self).__init__(optimizer, name)
     self._manager = loss_scale_manager
 
   def compute_gradients(self, loss, var_list=None, **kwargs):
@@ -115,23 +143,8 @@ class LossScaleOptimizer(tf.train.Optimizer):
     apply_op = tf.cond(finite, lambda: tf.group(_apply()), lambda: tf.group(_skip()))
     return tf.group(apply_op, self._manager.update_loss_scale(finite))
 
-  def get_slot(self, var, name):
-    return self._optimizer.get_slot(var, name)
 
-  def get_slot_names(self):
-    return self._optimizer.get_slot_names()
-
-  def variables(self):
-    return self._optimizer.variables()
-
-  def _apply_dense(self, grad, var):
-    raise NotImplementedError("LossScaleOptimizer delegates apply_gradients")
-
-  def _resource_apply_dense(self, grad, handle):
-    raise NotImplementedError("LossScaleOptimizer delegates apply_gradients")
-
-
-class CrossShardOptimizer(tf.train.Optimizer):
+class CrossShardOptimizer(_DelegatingOptimizer):
   """Stand-in for `tf.tpu.CrossShardOptimizer` off the TPU.
 
   With one shard the TPU version is an average over one replica; the real class emits
@@ -141,29 +154,7 @@ class CrossShardOptimizer(tf.train.Optimizer):
 
   def __init__(self, opt, reduction="mean", name="CrossShardOptimizer", group_assignment=None):
     del reduction, group_assignment
-    super(CrossShardOptimizer, self).__init__(use_locking=False, name=name)
-    self._opt = opt
-
-  def compute_gradients(self, loss, var_list=None, **kwargs):
-    return self._opt.compute_gradients(loss, var_list=var_list, **kwargs)
-
-  def apply_gradients(self, grads_and_vars, global_step=None, name=None):
-    return self._opt.apply_gradients(grads_and_vars, global_step, name)
-
-  def get_slot(self, var, name):
-    return self._opt.get_slot(var, name)
-
-  def get_slot_names(self):
-    return self._opt.get_slot_names()
-
-  def variables(self):
-    return self._opt.variables()
-
-  def _apply_dense(self, grad, var):
-    raise NotImplementedError("CrossShardOptimizer delegates apply_gradients")
-
-  def _resource_apply_dense(self, grad, handle):
-    raise NotImplementedError("CrossShardOptimizer delegates apply_gradients")
+    super(CrossShardOptimizer, self).__init__(opt, name)
 
 
 def loss_scale_manager(loss_scale, backend=None):

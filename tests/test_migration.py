@@ -232,7 +232,7 @@ def _overflow_graph(wrap):
 
 
 @pytest.mark.parametrize("on_npu", [False, True])
-def test_overflowing_step_is_skipped(on_npu, request):
+def test_overflowing_step_is_skipped(on_npu, request, capfd):
   if on_npu:
     request.getfixturevalue("npu_double")
   backend = backend_lib.Backend("npu" if on_npu else "cpu")
@@ -248,6 +248,8 @@ def test_overflowing_step_is_skipped(on_npu, request):
       assert sess.run(var) == pytest.approx(0.9)
       sess.run(train_op)
       assert sess.run(step) == 2
+  if not on_npu:
+    assert "non-finite gradients at global_step 1 - step skipped" in capfd.readouterr().err
 
 
 def test_dynamic_loss_scale_follows_the_npu_update_rule():

@@ -87,6 +87,8 @@ def _explicitly_set(flag_values, name):
 class Masf(registry.Model):
   """MASF / DeepAll on PACS (see the module docstring)."""
 
+  target_domain = None
+
   def define_flags(self, flag_values=None):
     fv = absl_flags.FLAGS if flag_values is None else flag_values
     define = dict(flag_values=fv)
@@ -145,6 +147,21 @@ class Masf(registry.Model):
       if name in fv:
         fv.set_default(name, value)
 
+  def summarize(self, results):
+    """Per-domain accuracy: the target on its test list, the sources on their crossval lists."""
+    accuracies = domain_accuracies(results)
+    if not accuracies:
+      return None
+    target = self.target_domain
+    lines = ["PACS accuracy at global step %d" % results["global_step"],
+             "| domain | role | images | accuracy (%) |", "|---|---|---|---|"]
+    for domain in pacs.DOMAINS:
+      if domain in accuracies:
+        lines.append("| %s | %s | %d | %.2f |" % (
+            domain, "target (test list)" if domain == target else "source (crossval list)",
+            results["examples/" + domain], 100 * accuracies[domain]))
+    return "\n".join(lines)
+
   def validate_flags(self, flags):
     if flags.meta_batch_size < 3:
       raise ValueError("--meta_batch_size=%d: need at least 3 (the triplet group takes "
@@ -199,6 +216,7 @@ class Masf(registry.Model):
     source.check(self._eval_lists(flags))
 
   def params(self, flags):
+    self.target_domain = flags.target_domain
     return {
         "algorithm": flags.algorithm,
         "target_domain": flags.target_domain,

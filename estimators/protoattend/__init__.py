@@ -218,6 +218,27 @@ class ProtoAttend(registry.Model):
         flags_.eval_cand_seed, include_ood=flags_.ood_eval,
         in_batch_candidates=flags_.in_batch_candidates)
 
+  def summarize(self, results):
+    """Accuracies, confidence-controlled accuracy/coverage and OOD AUROC as a table."""
+    if "accuracy_prototypes" not in results:
+      return None
+    lines = ["ProtoAttend eval at global step %d: accuracy %.2f%% (prototypes), %.2f%% "
+             "(query), %.2f%% (joint)" % (
+                 results["global_step"], 100 * results["accuracy_prototypes"],
+                 100 * results["accuracy_query"], 100 * results["accuracy_joint"]),
+             "  confidence > t : accuracy / coverage"]
+    for threshold in model_fn_lib.CONFIDENCE_THRESHOLDS:
+      key = "confidence_above_%g" % threshold
+      coverage = results[key + "/coverage"]
+      accuracy = ("%6.2f%%" % (100 * results[key + "/accuracy"]) if coverage else "    n/a")
+      lines.append("  %-14g : %s / %6.2f%%" % (threshold, accuracy, 100 * coverage))
+    lines.append("  median prototypes for 50/90/95%% of the weight: %s" % " / ".join(
+        "%g" % results["prototypes_for_%d%%_weight/median" % p] for p in (50, 90, 95)))
+    if "ood_auroc" in results:
+      lines.append("  OOD AUROC (Fashion-MNIST test vs scikit-learn digits): %.4f"
+                   % results["ood_auroc"])
+    return "\n".join(lines)
+
   def eval_steps(self, flags_):
     """One pass over the test set (+ OOD digits), the last batch padded."""
     if flags_.eval_steps:
