@@ -16,6 +16,8 @@
 from absl import flags
 import tensorflow.compat.v1 as tf
 
+from estimators import registry
+
 from input_fns import cifar
 from input_fns import image_sources
 from input_fns import tf_flowers
@@ -171,3 +173,39 @@ def fine_tuning_spec(features, labels, mode, params, logits_fn, weights_scaffold
                                    params["reset_head"])
   return classifier_spec(mode, logits, labels, params,
                          lambda step: learning_rate_fn(step, params), scaffold)
+
+
+class TransferModel(registry.Model):
+  """What ViT and BiT share: params are the recipe (flags over the recipe defaults), and
+  the input pipelines differ only in their per-example preprocessing."""
+
+  model_fn_module = None  # the model's model_fn module (has model_fn(features, ...))
+
+  def recipe(self, flag_values):
+    raise NotImplementedError
+
+  def preprocessing(self, recipe):
+    """(train_fn, eval_fn): per-example preprocessing of decoded uint8 images."""
+    raise NotImplementedError
+
+  def params(self, flag_values):
+    return self.recipe(flag_values)
+
+  def model_fn(self, features, labels, mode, params):
+    return self.model_fn_module.model_fn(features, labels, mode, params)
+
+  def input_fn(self, flag_values, mode):
+    recipe = self.recipe(flag_values)
+    source = make_source(flag_values.dataset, flag_values.data_dir)
+    train_fn, eval_fn = self.preprocessing(recipe)
+    if mode == tf.estimator.ModeKeys.TRAIN:
+      return image_sources.build_input_fn(
+          source, recipe["train_split"], True, train_fn, mixup_alpha=recipe["mixup_alpha"],
+          shuffle_buffer=flag_values.shuffle_buffer, seed=flag_values.tf_random_seed)
+    return image_sources.build_input_fn(source, recipe["eval_split"], False, eval_fn)
+
+  def train_steps(self, flag_values):
+    return self.recipe(flag_values)["train_steps"]
+
+  def serving_input_receiver_fn(self, flag_values):
+    return serving_input_receiver_fn(self.recipe(flag_values)["image_size"])

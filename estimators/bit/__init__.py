@@ -22,7 +22,6 @@ from estimators import registry
 from estimators.bit import model_fn as model_fn_lib
 from estimators.bit import network
 from estimators.bit import weights
-from input_fns import image_sources
 from input_fns import tf_flowers
 from preprocessing import transfer
 
@@ -54,7 +53,9 @@ def hyperrule_schedule(num_examples):
 
 
 @registry.register("bit")
-class BigTransfer(registry.Model):
+class BigTransfer(finetune.TransferModel):
+
+  model_fn_module = model_fn_lib
 
   def define_flags(self):
     finetune.define_flags()
@@ -101,29 +102,10 @@ class BigTransfer(registry.Model):
         train_split=train_split,
         eval_split=eval_split)
 
-  def params(self, flag_values):
-    return self.recipe(flag_values)
-
-  def model_fn(self, features, labels, mode, params):
-    return model_fn_lib.model_fn(features, labels, mode, params)
-
-  def input_fn(self, flag_values, mode):
-    recipe = self.recipe(flag_values)
-    source = finetune.make_source(flag_values.dataset, flag_values.data_dir)
+  def preprocessing(self, recipe):
     resize, crop = recipe["resize_size"], recipe["image_size"]
-    if mode == tf.estimator.ModeKeys.TRAIN:
-      return image_sources.build_input_fn(
-          source, recipe["train_split"], True, lambda e: transfer.bit_train(e, resize, crop),
-          mixup_alpha=recipe["mixup_alpha"], shuffle_buffer=flag_values.shuffle_buffer,
-          seed=flag_values.tf_random_seed)
-    return image_sources.build_input_fn(source, recipe["eval_split"], False,
-                                        lambda e: transfer.bit_eval(e, crop))
-
-  def train_steps(self, flag_values):
-    return self.recipe(flag_values)["train_steps"]
-
-  def serving_input_receiver_fn(self, flag_values):
-    return finetune.serving_input_receiver_fn(self.recipe(flag_values)["image_size"])
+    return ((lambda e: transfer.bit_train(e, resize, crop)),
+            (lambda e: transfer.bit_eval(e, crop)))
 
   def validate_flags(self, flag_values):
     finetune.check_positive(flag_values, ["image_size", "resize_size", "learning_rate",

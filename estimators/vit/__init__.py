@@ -22,7 +22,6 @@ from estimators import registry
 from estimators.vit import model_fn as model_fn_lib
 from estimators.vit import network
 from estimators.vit import weights
-from input_fns import image_sources
 from input_fns import tf_flowers
 from preprocessing import transfer
 
@@ -42,7 +41,9 @@ PRESETS = {
 
 
 @registry.register("vit")
-class VisionTransformer(registry.Model):
+class VisionTransformer(finetune.TransferModel):
+
+  model_fn_module = model_fn_lib
 
   def define_flags(self):
     finetune.define_flags()
@@ -80,29 +81,9 @@ class VisionTransformer(registry.Model):
         train_split=preset["train_split"],
         eval_split=preset["eval_split"])
 
-  def params(self, flag_values):
-    return self.recipe(flag_values)
-
-  def model_fn(self, features, labels, mode, params):
-    return model_fn_lib.model_fn(features, labels, mode, params)
-
-  def input_fn(self, flag_values, mode):
-    recipe = self.recipe(flag_values)
-    source = finetune.make_source(flag_values.dataset, flag_values.data_dir)
+  def preprocessing(self, recipe):
     size = recipe["image_size"]
-    if mode == tf.estimator.ModeKeys.TRAIN:
-      return image_sources.build_input_fn(
-          source, recipe["train_split"], True, lambda e: transfer.vit_train(e, size),
-          mixup_alpha=recipe["mixup_alpha"], shuffle_buffer=flag_values.shuffle_buffer,
-          seed=flag_values.tf_random_seed)
-    return image_sources.build_input_fn(source, recipe["eval_split"], False,
-                                        lambda e: transfer.vit_eval(e, size))
-
-  def train_steps(self, flag_values):
-    return self.recipe(flag_values)["train_steps"]
-
-  def serving_input_receiver_fn(self, flag_values):
-    return finetune.serving_input_receiver_fn(self.recipe(flag_values)["image_size"])
+    return (lambda e: transfer.vit_train(e, size)), (lambda e: transfer.vit_eval(e, size))
 
   def validate_flags(self, flag_values):
     finetune.check_positive(flag_values, ["image_size", "learning_rate",
