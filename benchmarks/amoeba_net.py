@@ -27,6 +27,9 @@ batches can be timed.
 
 Usage (the JSON object is the last line of stdout; logs go to stderr):
   python benchmarks/amoeba_net.py --output=amoeba_speed.json
+  python tools/build_image_tfrecords.py --input_dir=$DATA_ROOT/flowers_kaggle_128 \
+      --output_dir=/tmp/flowers_tfrecords   # once; then reuse it:
+  python benchmarks/amoeba_net.py --data_dir=/tmp/flowers_tfrecords --output=amoeba_speed.json
   python benchmarks/amoeba_net.py --configs=small --steps=2 --warmup_steps=2 \
       --input_batches=3   # a quick check
 """
@@ -330,9 +333,12 @@ def main(argv):
         result["input_data"] = dict(build_flowers_tfrecords(data_dir), built=True)
       pipeline = spawn(INPUT_CHILD, argv + ["--data_dir=" + data_dir], temp_dir)
       result["input_pipeline"] = pipeline
-      failed = failed or "error" in pipeline
+      failed = "error" in pipeline
     result["configs"] = {}
-    for name in args.config_list:
+    if failed:
+      sys.stderr.write("error: input pipeline: %s; model configurations skipped\n"
+                       % result["input_pipeline"]["error"])
+    for name in ([] if failed else args.config_list):
       figures = spawn(name, argv, temp_dir)
       result["configs"][name] = figures
       failed = failed or "error" in figures

@@ -21,22 +21,32 @@ def shared_data():
   return root
 
 
+NPU_ENV_VARS = ("JOB_ID", "RANK_SIZE", "CM_WORKER_SIZE", "RANK_ID", "RANK_TABLE_FILE",
+                "POD_NAME", "TF_CONFIG", "LOCAL_CHECKPOINT_DIR", "RESTORE_FROM")
+
+
 @pytest.fixture
-def npu_double(monkeypatch):
-  """Puts the npu_bridge test double on sys.path (for this test only) with the ModelZoo
-  launch environment; yields the imported `npu_bridge` package."""
-  from migration import backend as backend_lib
+def npu_bridge_on_path(monkeypatch):
+  """The npu_bridge test double, importable for this test only, with no NPU environment
+  variables set; yields the `npu_bridge` package and unloads it afterwards."""
+  from migration import backend as backend_lib  # pylint: disable=g-import-not-at-top
+  for name in NPU_ENV_VARS:
+    monkeypatch.delenv(name, raising=False)
   monkeypatch.syspath_prepend(NPU_DOUBLE)
-  for key in ("RANK_TABLE_FILE", "CM_WORKER_SIZE", "POD_NAME"):
-    monkeypatch.delenv(key, raising=False)
-  monkeypatch.setenv("JOB_ID", "10087")
-  monkeypatch.setenv("RANK_ID", "0")
-  monkeypatch.setenv("RANK_SIZE", "1")
   import npu_bridge  # pylint: disable=g-import-not-at-top
   yield npu_bridge
   for name in [m for m in sys.modules if m == "npu_bridge" or m.startswith("npu_bridge.")]:
     del sys.modules[name]
   backend_lib.activate(backend_lib.Backend("cpu"))
+
+
+@pytest.fixture
+def npu_double(npu_bridge_on_path, monkeypatch):
+  """The test double with the ModelZoo single-device launch environment."""
+  monkeypatch.setenv("JOB_ID", "10087")
+  monkeypatch.setenv("RANK_ID", "0")
+  monkeypatch.setenv("RANK_SIZE", "1")
+  return npu_bridge_on_path
 
 
 @pytest.fixture

@@ -5,17 +5,12 @@ Reference: /work/shared/reference/npu_bridge_api.md (master) and migration_tool.
 import importlib
 import inspect
 import json
-import os
-import sys
 
 import numpy as np
 import pytest
 import tensorflow.compat.v1 as tf
 from tensorflow.python.eager import context
 
-DOUBLE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "npu_double")
-NPU_ENV_VARS = ("JOB_ID", "RANK_SIZE", "CM_WORKER_SIZE", "RANK_ID", "TF_CONFIG",
-                "LOCAL_CHECKPOINT_DIR", "RESTORE_FROM")
 TRAIN = tf.estimator.ModeKeys.TRAIN
 EVAL = tf.estimator.ModeKeys.EVAL
 
@@ -73,14 +68,10 @@ ALWAYS_WRITTEN_DEFAULTS = {
 
 
 @pytest.fixture
-def npu(monkeypatch):
-  """The double's npu_init module, importable for this test only, with a clean NPU env."""
-  for name in NPU_ENV_VARS:
-    monkeypatch.delenv(name, raising=False)
-  monkeypatch.syspath_prepend(DOUBLE_DIR)
-  yield importlib.import_module("npu_bridge.npu_init")
-  for module in [m for m in sys.modules if m == "npu_bridge" or m.startswith("npu_bridge.")]:
-    del sys.modules[module]
+def npu(npu_bridge_on_path):
+  """The double's npu_init module (the double on sys.path, no NPU environment)."""
+  del npu_bridge_on_path
+  return importlib.import_module("npu_bridge.npu_init")
 
 
 @pytest.fixture
