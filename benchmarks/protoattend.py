@@ -19,9 +19,10 @@ step of each chunk, which runs graph optimisation, is reported separately), and
 sensitive than wall time to other processes sharing the cores.
 --max_minutes bounds `train_wall_seconds`, not the evaluations.
 
-Usage (model flags after the benchmark's own, in --name=value form):
-  python benchmarks/protoattend.py --max_minutes=100 --max_steps=28000 --output=pa.json \
-      --precision_mode=allow_mix_precision
+Usage (any protoattend.py / run-loop flag may follow, in --name=value form):
+  python benchmarks/protoattend.py --output=pa.json       # TF 2.15: 100 min, 28000 steps
+  python benchmarks/protoattend.py --max_minutes=45 --max_steps=3000 \
+      --eval_every_steps=750 --output=pa_tf1.json       # TF 1.15 (about 3x slower)
 """
 import argparse
 import os
@@ -94,7 +95,8 @@ CURVE_METRICS = {
 
 def parse_args(argv):
   parser = argparse.ArgumentParser(
-      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+      allow_abbrev=False)
   parser.add_argument("--max_minutes", type=float, default=DEFAULT_MAX_MINUTES,
                       help="Stop after this much training wall time (evaluations excluded).")
   parser.add_argument("--max_steps", type=int, default=DEFAULT_MAX_STEPS,

@@ -18,9 +18,18 @@ shapes scaled to the budget: ViT linear warm-up then cosine, BiT warm-up then lr
 
 Every measurement runs in its own child process (this script with --job) through the
 project's run loop (`run_loop.parse_flags`, `Runner`, `run`), so each reports its own
-peak RSS. The result is one JSON object on stdout (last line), also written to --output.
+peak RSS. The result is one JSON object on stdout (last line), also written to --output;
+`summary` condenses it.
 
-  python benchmarks/vit_bit.py --output=/tmp/vit_bit_tf2.json
+Full benchmark (defaults; about 15 min on TF 1.15 and 9-10 min on TF 2.15 on 2 busy cores,
+estimated from partial runs: TF 1.15's CPU build has no oneDNN, so its BiT steps are
+~4x slower, and no bf16, so both precision rows run fp32 there):
+  .venv-tf1/bin/python benchmarks/vit_bit.py --output=/tmp/vit_bit_tf1.json
+  .venv-tf2/bin/python benchmarks/vit_bit.py --output=/tmp/vit_bit_tf2.json
+Tiny check (~3 min):
+  ... --vit_model=Ti/16 --throughput_image_size=32 --throughput_batch_size=2
+      --throughput_warmup_steps=1 --throughput_steps=1 --accuracy_image_size=32
+      --vit_train_steps=5 --vit_batch_size=8 --bit_train_steps=2 --bit_batch_size=4
 """
 from __future__ import print_function
 
@@ -85,7 +94,7 @@ def parse_args(argv):
   p.add_argument("--accuracy_bit_model", default="R50x1", help="BiT variant for accuracy.")
   p.add_argument("--eval_batch_size", type=int, default=72,
                  help="Accuracy evaluation batch (648 eval photos = 9 x 72).")
-  p.add_argument("--vit_train_steps", type=int, default=300)
+  p.add_argument("--vit_train_steps", type=int, default=400)
   p.add_argument("--vit_batch_size", type=int, default=64)
   p.add_argument("--vit_learning_rate", type=float, default=0.1)
   p.add_argument("--vit_hidden_size", type=int, default=128)
@@ -93,9 +102,12 @@ def parse_args(argv):
   p.add_argument("--vit_num_heads", type=int, default=4)
   p.add_argument("--vit_num_layers", type=int, default=6)
   p.add_argument("--vit_patch_size", type=int, default=8)
-  p.add_argument("--bit_train_steps", type=int, default=120)
+  p.add_argument("--bit_train_steps", type=int, default=150)
   p.add_argument("--bit_batch_size", type=int, default=32)
-  p.add_argument("--bit_learning_rate", type=float, default=0.1)
+  p.add_argument("--bit_learning_rate", type=float, default=0.03)
+  p.add_argument("--bit_lr_boundary_fractions", default="0.4,0.6,0.8",
+                 help="lr / 10 after these fractions of the BiT step budget (HyperRule: "
+                      "200/300/400 of 500).")
   p.add_argument("--warmup_fraction", type=float, default=0.2,
                  help="Warm-up steps as a fraction of the step budget (both models).")
   p.add_argument("--job", help=argparse.SUPPRESS)
@@ -121,6 +133,14 @@ def parse_args(argv):
   if "vit" in args.models and args.accuracy_image_size < 16:
     p.error("--accuracy_image_size=%d: the ViT job validates against Ti/16, so >= 16"
             % args.accuracy_image_size)
+  try:
+    args.bit_lr_boundary_fractions = [float(f) for f in
+                                      args.bit_lr_boundary_fractions.split(",") if f.strip()]
+  except ValueError:
+    p.error("--bit_lr_boundary_fractions=%s: expected comma-separated numbers"
+            % args.bit_lr_boundary_fractions)
+  if not all(0.0 < f < 1.0 for f in args.bit_lr_boundary_fractions):
+    p.error("--bit_lr_boundary_fractions: each must lie in (0, 1)")
   if not 0.0 <= args.warmup_fraction < 1.0:
     p.error("--warmup_fraction=%r must lie in [0, 1)" % args.warmup_fraction)
   args.flowers_dir = args.flowers_dir or os.path.join(data_root(), FLOWERS_FOLDER)
@@ -362,7 +382,7 @@ def accuracy_job(job):
         attention_dropout_rate=0.0, representation_size=None)
     override = custom_vit(config)
   else:
-    boundaries = sorted(set(max(1, int(f * steps)) for f in (0.4, 0.6, 0.8)))
+    boundaries = sorted(set(max(1, int(f * steps)) for f in job["boundary_fractions"]))
     argv.append("--lr_boundaries=%s" % ",".join(str(b) for b in boundaries))
   model, flag_values, backend = prepare_runner(job, argv, override)
   with common.Stopwatch() as watch:
@@ -397,6 +417,7 @@ def run_job(job_text):
   import tensorflow.compat.v1 as tf  # pylint: disable=g-import-not-at-top
   logging.set_verbosity(logging.INFO)
   tf.logging.set_verbosity(tf.logging.INFO)
+  tf.get_logger().propagate = False  # TF's own handler prints it; absl would print it again
   job = json.loads(job_text)
   with common.Stopwatch() as watch:
     result = (throughput_job if job["kind"] == "throughput" else accuracy_job)(job)
@@ -431,6 +452,29 @@ def spawn(job, log_path, timeout):
 
 # ---------------------------------------------------------------------------------------
 # Parent.
+
+def summarize(result):
+  """One line per measurement: {name: figures} (errors named)."""
+  lines = {}
+  for row in result.get("throughput", []):
+    name = "throughput %s %s %s" % (row["model"], row.get("variant", ""), row["precision_mode"])
+    if "error" in row:
+      lines[name] = "error: see log_tail"
+      continue
+    lines[name] = "train %.2f img/s, eval %.2f img/s, ran %s/%s (announced %s), batch %d, %d px" % (
+        row["train"]["images_per_sec"], row["eval"]["images_per_sec"],
+        row["train"]["ran_dtype"], row["eval"]["ran_dtype"], row["compute_dtype_announced"],
+        row["batch_size"], row["image_size"])
+  for row in result.get("accuracy", []):
+    name = "accuracy %s from scratch" % row["model"]
+    if "error" in row:
+      lines[name] = "error: see log_tail"
+      continue
+    lines[name] = "top-1 %.4f after %d steps (batch %d, %d px), %.0f s train, %.0f s wall" % (
+        row["accuracy"], row["steps"], row["batch_size"], row["image_size"],
+        row["train_seconds"], row["wall_seconds"])
+  return lines
+
 
 def main(argv):
   args = parse_args(argv)
@@ -481,7 +525,8 @@ def main(argv):
                      num_layers=args.vit_num_layers, patch_size=args.vit_patch_size)
         else:
           job.update(train_steps=args.bit_train_steps, batch_size=args.bit_batch_size,
-                     learning_rate=args.bit_learning_rate)
+                     learning_rate=args.bit_learning_rate,
+                     boundary_fractions=args.bit_lr_boundary_fractions)
         outcome = spawn(job, os.path.join(work_dir, name + ".log"), args.job_timeout)
         failures += "error" in outcome
         result["accuracy"].append(outcome)
@@ -489,7 +534,9 @@ def main(argv):
   finally:
     if not args.work_dir and not failures:
       shutil.rmtree(work_dir, ignore_errors=True)
+  result["summary"] = summarize(result)
   result["failed_jobs"] = failures
+  result["load_average_at_end"] = list(os.getloadavg())
   result["total_seconds"] = round(time.time() - start, 1)
   common.emit_json(result, args.output)
   return 1 if failures else 0

@@ -145,6 +145,26 @@ def check_common_flags(flag_values):
                                                                 flag_values.model_dir))
 
 
+class DataError(ValueError):
+  """Input data found broken while running (the message names the file)."""
+
+
+def run_reading(input_fn, work):
+  """Runs `work()`; a corrupt TFRecord surfacing as DataLossError is re-raised as a
+  DataError naming the shard (input_fns that read TFRecords expose `input_fn.files`)."""
+  try:
+    return work()
+  except tf.errors.DataLossError as error:
+    from input_fns import imagenet  # pylint: disable=g-import-not-at-top
+    files = getattr(input_fn, "files", None)
+    if files:
+      try:
+        imagenet.check_tfrecords(files)
+      except ValueError as named:
+        raise DataError(str(named))
+    raise DataError("corrupt input data: %s" % error.message)
+
+
 class ExamplesPerSecondHook(tf.train.SessionRunHook):
   """Logs steps/sec and examples/sec every N steps and writes them as summaries."""
 
@@ -223,14 +243,15 @@ class Runner(object):
     hooks = [ExamplesPerSecondHook(self.flags.train_batch_size,
                                    self.flags.log_step_count_steps, self.flags.model_dir)]
     start = time.time()
-    self.estimator.train(self.model.input_fn(self.flags, tf.estimator.ModeKeys.TRAIN),
-                         max_steps=max_steps, hooks=hooks)
+    input_fn = self.model.input_fn(self.flags, tf.estimator.ModeKeys.TRAIN)
+    run_reading(input_fn, lambda: self.estimator.train(input_fn, max_steps=max_steps,
+                                                       hooks=hooks))
     return time.time() - start
 
   def evaluate(self, checkpoint_path=None):
-    results = self.estimator.evaluate(
-        self.model.input_fn(self.flags, tf.estimator.ModeKeys.EVAL),
-        steps=self.model.eval_steps(self.flags), checkpoint_path=checkpoint_path)
+    input_fn = self.model.input_fn(self.flags, tf.estimator.ModeKeys.EVAL)
+    results = run_reading(input_fn, lambda: self.estimator.evaluate(
+        input_fn, steps=self.model.eval_steps(self.flags), checkpoint_path=checkpoint_path))
     logging.info("Evaluation results: %s", results)
     summary = self.model.summarize(results)
     if summary:
@@ -341,7 +362,7 @@ def main(model_name):
     tf.get_logger().propagate = False  # TF's own handler prints it; absl would print it again
     try:
       run(model, FLAGS)
-    except (validation.ConfigError, backend_lib.BackendError) as e:
+    except (validation.ConfigError, backend_lib.BackendError, DataError) as e:
       raise SystemExit("error: %s" % e)
 
   app.run(_main)

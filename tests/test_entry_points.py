@@ -1,5 +1,6 @@
 """Entry scripts and ModelZoo launch scripts, end to end on small real data (sklearn digits)."""
 import os
+import shutil
 import subprocess
 import sys
 
@@ -48,6 +49,26 @@ def test_amoeba_net_without_data_fails_before_any_graph(tmp_path):
   assert code != 0
   assert "error: --data_dir=%s has no training tfrecord shards" % empty in log
   assert not (tmp_path / "model").exists()
+
+
+def test_corrupt_shard_is_named_and_checkpoints_kept(digits_dir, tmp_path):
+  data = tmp_path / "data"
+  shutil.copytree(digits_dir, str(data))
+  model_dir = tmp_path / "model"
+  code, log = run([sys.executable, "amoeba_net.py", "--mode=train", "--train_steps=2",
+                   "--data_dir=%s" % data, "--model_dir=%s" % model_dir] + TINY_AMOEBA)
+  assert code == 0, log[-3000:]
+  before = sorted(os.listdir(str(model_dir)))
+  shard = data / "train-00001-of-00002"
+  raw = bytearray(shard.read_bytes())
+  raw[len(raw) // 2] ^= 0xFF
+  shard.write_bytes(bytes(raw))
+  code, log = run([sys.executable, "amoeba_net.py", "--mode=train", "--train_steps=200",
+                   "--data_dir=%s" % data, "--model_dir=%s" % model_dir] + TINY_AMOEBA)
+  assert code != 0
+  assert "error: corrupt tfrecord file %s" % shard in log, log[-3000:]
+  after = set(os.listdir(str(model_dir)))
+  assert set(f for f in before if f.startswith("model.ckpt-2")) <= after
 
 
 @pytest.mark.parametrize("script", ["train_full_1p.sh", "train_performance_1p.sh"])

@@ -1,6 +1,6 @@
 """The npu_bridge test double (tests/npu_double) enforces the adapter's documented rules.
 
-Reference: /work/shared/reference/npu_bridge_api.md (master) and migration_tool.md §6.
+Reference: ../shared/reference/npu_bridge_api.md (master) and migration_tool.md §6.
 """
 import importlib
 import inspect
