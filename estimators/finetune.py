@@ -180,6 +180,7 @@ class TransferModel(registry.Model):
   the input pipelines differ only in their per-example preprocessing."""
 
   model_fn_module = None  # the model's model_fn module (has model_fn(features, ...))
+  weights_module = None  # the model's .npz weights module (has plan(...))
 
   def recipe(self, flag_values):
     raise NotImplementedError
@@ -209,3 +210,15 @@ class TransferModel(registry.Model):
 
   def serving_input_receiver_fn(self, flag_values):
     return serving_input_receiver_fn(self.recipe(flag_values)["image_size"])
+
+  def build_network(self, images, params):
+    """Builds the network on `images` (inference mode) in the current graph."""
+    raise NotImplementedError
+
+  def check_weights(self, params):
+    """Raises WeightsMismatchError now (graph only, no values) if the file does not fit."""
+    with tf.Graph().as_default():
+      size = params["image_size"]
+      self.build_network(tf.placeholder(tf.float32, [1, size, size, 3]), params)
+      self.weights_module.plan(params["weights"], tf.trainable_variables(),
+                               params["num_classes"], params["reset_head"])

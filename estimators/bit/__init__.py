@@ -15,7 +15,6 @@ Splits: tf_flowers train[:85%] / train[85%:], CIFAR train / test, image folder
 train / validation. Every value can be overridden by its flag.
 """
 from absl import flags
-import tensorflow.compat.v1 as tf
 
 from estimators import finetune
 from estimators import registry
@@ -56,6 +55,10 @@ def hyperrule_schedule(num_examples):
 class BigTransfer(finetune.TransferModel):
 
   model_fn_module = model_fn_lib
+  weights_module = weights
+
+  def build_network(self, images, params):
+    network.bit(images, model_fn_lib.network_config(params), params["num_classes"])
 
   def define_flags(self):
     finetune.define_flags()
@@ -121,14 +124,5 @@ class BigTransfer(finetune.TransferModel):
       raise ValueError("--lr_boundaries=%s must be positive and increasing"
                        % ",".join(str(b) for b in boundaries))
     if recipe["weights"]:
-      check_weights(recipe)
+      self.check_weights(recipe)
 
-
-def check_weights(params):
-  """Raises WeightsMismatchError now (graph only, no values) if the file does not fit."""
-  with tf.Graph().as_default():
-    size = params["image_size"]
-    images = tf.placeholder(tf.float32, [1, size, size, 3])
-    network.bit(images, model_fn_lib.network_config(params), params["num_classes"])
-    weights.plan(params["weights"], tf.trainable_variables(), params["num_classes"],
-                 params["reset_head"])

@@ -15,7 +15,6 @@ of Momentum lr 0.001 at batch 4 on top of a GPU checkpoint, with a sigmoid GELU
 (models.md §2.7, §2.9); those are not reproduced.
 """
 from absl import flags
-import tensorflow.compat.v1 as tf
 
 from estimators import finetune
 from estimators import registry
@@ -44,6 +43,10 @@ PRESETS = {
 class VisionTransformer(finetune.TransferModel):
 
   model_fn_module = model_fn_lib
+  weights_module = weights
+
+  def build_network(self, images, params):
+    network.vit(images, model_fn_lib.network_config(params), params["num_classes"], False)
 
   def define_flags(self):
     finetune.define_flags()
@@ -103,14 +106,5 @@ class VisionTransformer(finetune.TransferModel):
       raise ValueError("--warmup_steps=%d must be smaller than the %d training steps"
                        % (recipe["warmup_steps"], recipe["train_steps"]))
     if recipe["weights"]:
-      check_weights(recipe)
+      self.check_weights(recipe)
 
-
-def check_weights(params):
-  """Raises WeightsMismatchError now (graph only, no values) if the file does not fit."""
-  with tf.Graph().as_default():
-    size = params["image_size"]
-    images = tf.placeholder(tf.float32, [1, size, size, 3])
-    network.vit(images, model_fn_lib.network_config(params), params["num_classes"], False)
-    weights.plan(params["weights"], tf.trainable_variables(), params["num_classes"],
-                 params["reset_head"])
