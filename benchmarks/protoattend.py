@@ -8,7 +8,7 @@ stops at --max_steps or after --max_minutes of training time. Prints one JSON ob
 (last line of stdout): the curve (global_step, cumulative training and total seconds,
 query / prototype / joint accuracy, OOD AUROC, median prototypes), the best prototype
 accuracy and when it was reached, when the Ascend port's 93.81 % was first reached,
-steps/sec, the environment and every setting.
+steps/sec, the input pipeline's own rate (no model), the environment and every setting.
 
 Timing. `train_wall_seconds` is the wall time of the Estimator's train calls (graph
 build, session start, checkpoint restore and save included: what a user waits for),
@@ -110,6 +110,8 @@ def parse_args(argv):
                       help="decay_every = max_steps / this, unless --decay_every is given.")
   parser.add_argument("--target_accuracy", type=float, default=ASCEND_PORT_ACCURACY,
                       help="Report when the prototype accuracy first reaches this.")
+  parser.add_argument("--input_batches", type=int, default=300,
+                      help="Batches timed for the input pipeline's own rate (0: skip).")
   parser.add_argument("--output", default=None, help="Also write the JSON here.")
   parser.add_argument("--keep_model_dir", action="store_true",
                       help="Keep the temporary model_dir (ignored with --model_dir).")
@@ -118,6 +120,7 @@ def parse_args(argv):
   checks = [("max_minutes", args.max_minutes > 0), ("max_steps", args.max_steps > 0),
             ("eval_every_steps", args.eval_every_steps > 0),
             ("eval_every_minutes", args.eval_every_minutes >= 0),
+            ("input_batches", args.input_batches >= 0),
             ("decays_per_run", args.decays_per_run > 0),
             ("target_accuracy", 0 < args.target_accuracy <= 1)]
   for name, ok in checks:
@@ -300,6 +303,8 @@ def _run(args, model_argv, start, temp_dir, tf):
   tf.gfile.MakeDirs(flags_.model_dir)
   runner = run_loop.Runner(model, flags_, backend)
   train_input_fn = model.input_fn(flags_, tf.estimator.ModeKeys.TRAIN)
+  input_rate = input_pipeline_rate(train_input_fn, flags_.train_batch_size,
+                                   args.input_batches)
   eval_steps = model.eval_steps(flags_)
   num_eval = min(eval_steps * flags_.eval_batch_size,
                  model_eval_examples(flags_, tfrecord_dir))
@@ -387,6 +392,7 @@ def _run(args, model_argv, start, temp_dir, tf):
           "steps_per_sec_steady": rate(steady_steps, steady_seconds),
           "examples_per_sec_steady": rate(steady_steps * flags_.train_batch_size,
                                           steady_seconds),
+          "input_pipeline_examples_per_sec": input_rate,
           "cpu_seconds_per_step_steady": rate(steady_cpu, steady_steps),
       },
       "peak_rss_mb": common.peak_rss_mb(),
@@ -400,6 +406,15 @@ def _run(args, model_argv, start, temp_dir, tf):
 def _resolved_data_dir(flags_):
   from estimators.protoattend import resolve_data_dir  # pylint: disable=g-import-not-at-top
   return resolve_data_dir(flags_.data_dir)
+
+
+def input_pipeline_rate(train_input_fn, batch_size, num_batches):
+  """Query images/sec the training input_fn delivers alone (no model), before training:
+  compare with examples_per_sec_steady to see whether the input could starve the model."""
+  if not num_batches:
+    return None
+  from input_fns import throughput  # pylint: disable=g-import-not-at-top
+  return round(throughput.measure_throughput(train_input_fn, batch_size, num_batches), 1)
 
 
 def model_eval_examples(flags_, tfrecord_dir):

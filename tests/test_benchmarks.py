@@ -23,7 +23,7 @@ def test_protoattend_benchmark_prints_its_curve(tmp_path):
              "--max_steps=6", "--eval_every_steps=3", "--output=%s" % output,
              "--data_dir=%s" % FASHION_MNIST, "--tfrecord_dir=%s" % (tmp_path / "tfrecords"),
              "--resnet_depth=8", "--train_batch_size=16", "--eval_batch_size=100",
-             "--eval_steps=1", "--eval_cand_size=32"]
+             "--eval_steps=1", "--eval_cand_size=32", "--input_batches=5"]
   completed = subprocess.run(command, cwd=str(tmp_path), stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, universal_newlines=True, timeout=600)
   assert completed.returncode == 0, completed.stderr[-3000:]
@@ -43,3 +43,4 @@ def test_protoattend_benchmark_prints_its_curve(tmp_path):
   assert params["in_batch_candidates"] is True
   assert params["decay_every"] == 1  # max_steps / 50, at least 1
   assert printed["data"]["eval_examples_per_evaluation"] == 100
+  assert printed["timing"]["input_pipeline_examples_per_sec"] > 0
