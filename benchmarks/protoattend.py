@@ -21,8 +21,8 @@ sensitive than wall time to other processes sharing the cores.
 
 Usage (any protoattend.py / run-loop flag may follow, in --name=value form):
   python benchmarks/protoattend.py --output=pa.json       # TF 2.15: 100 min, 44000 steps
-  python benchmarks/protoattend.py --max_minutes=45 --max_steps=3000 \
-      --eval_every_steps=750 --output=pa_tf1.json       # TF 1.15 (about 3x slower)
+  python benchmarks/protoattend.py --max_minutes=25 --max_steps=3000 \
+      --eval_every_steps=1000 --output=pa_tf1.json      # TF 1.15 (fp32, about 4x slower)
 """
 import argparse
 import os
@@ -69,8 +69,8 @@ CHOICES = {
         "Set --max_steps to what fits into --max_minutes." % HUAWEI_DECAYS_PER_RUN),
     "max_steps": (
         "Default %d: what in-batch bf16 training does in about 90 of the 100 minutes "
-        "on 2 idle cores with TF 2.15 (8.3 steps/s measured, 0.21 CPU-seconds per "
-        "step; TF 1.15 about 3x slower), so the schedule completes inside the budget: "
+        "on 2 idle cores with TF 2.15 (8.6 steps/s measured, 0.20 CPU-seconds per "
+        "step; TF 1.15 fp32 2.0 steps/s), so the schedule completes inside the budget: "
         "pass what fits for another stack, precision or load."
         % DEFAULT_MAX_STEPS),
     "evaluation": (
