@@ -9,19 +9,17 @@ import pytest
 from input_fns import fashion_mnist
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FASHION_MNIST = os.path.join(os.environ.get("DATA_ROOT") or os.path.join(REPO, "..", "shared",
-                                                                         "data"),
-                             "fashion_mnist")
 
 
 @pytest.mark.slow
-def test_protoattend_benchmark_prints_its_curve(tmp_path):
-  if not fashion_mnist.has_idx_files(FASHION_MNIST):
-    pytest.skip("Fashion-MNIST IDX files not found in " + FASHION_MNIST)
+def test_protoattend_benchmark_prints_its_curve(shared_data, tmp_path):
+  data_dir = os.path.join(shared_data, "fashion_mnist")
+  if not fashion_mnist.has_idx_files(data_dir):
+    pytest.skip("Fashion-MNIST IDX files not found in " + data_dir)
   output = tmp_path / "bench.json"
   command = [sys.executable, os.path.join(REPO, "benchmarks", "protoattend.py"),
              "--max_steps=6", "--eval_every_steps=3", "--output=%s" % output,
-             "--data_dir=%s" % FASHION_MNIST, "--tfrecord_dir=%s" % (tmp_path / "tfrecords"),
+             "--data_dir=%s" % data_dir, "--tfrecord_dir=%s" % (tmp_path / "tfrecords"),
              "--resnet_depth=8", "--train_batch_size=16", "--eval_batch_size=100",
              "--eval_steps=1", "--eval_cand_size=32", "--input_batches=5"]
   completed = subprocess.run(command, cwd=str(tmp_path), stdout=subprocess.PIPE,
