@@ -106,21 +106,6 @@ def run_options(flag_values):
       inter_op_threads=flag_values.inter_op_threads)
 
 
-def resolve_loss_scale(loss_scale, backend, precision_mode):
-  """`--loss_scale` -> "none", "dynamic" or a number string; auto follows the precision."""
-  if loss_scale == "auto":
-    return "dynamic" if precision.needs_loss_scaling(backend, precision_mode) else "none"
-  if loss_scale in ("none", "dynamic"):
-    return loss_scale
-  try:
-    if float(loss_scale) >= 1:
-      return loss_scale
-  except ValueError:
-    pass
-  raise validation.ConfigError("--loss_scale=%s: expected auto, none, dynamic or a number "
-                               ">= 1" % loss_scale)
-
-
 def check_common_flags(flag_values):
   """Raises ConfigError (one line) on bad run-loop flags, before any graph is built."""
   if not flag_values.model_dir:
@@ -221,8 +206,8 @@ class Runner(object):
     npu_opts = npu_options(flag_values)
     config = run_config_lib.build_run_config(backend, run_options(flag_values), npu_opts)
     params = dict(model.params(flag_values))
-    params["loss_scale"] = resolve_loss_scale(flag_values.loss_scale, backend,
-                                              flag_values.precision_mode)
+    params["loss_scale"] = precision.resolve_loss_scale(flag_values.loss_scale, backend,
+                                                        flag_values.precision_mode)
     params["compute_dtype"] = precision.compute_dtype(backend, flag_values.precision_mode)
     logging.info("model=%s device=%s precision_mode=%s (runs as %s) loss_scale=%s",
                  model.name, backend.device, flag_values.precision_mode,

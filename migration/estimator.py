@@ -10,17 +10,16 @@ elsewhere. Model functions written for TPUEstimator run on either unchanged:
 - `tf.tpu.CrossShardOptimizer`, used inside the model_fn, is replaced while the model_fn
   runs by `migration.optimizers.CrossShardOptimizer` (or NPUDistributedOptimizer on a
   multi-device NPU run): the real one emits ops that have no CPU/GPU/NPU kernel.
-`TPUEstimator(...)` is a drop-in with TPUEstimator's constructor signature.
+Ported scripts call `migration.compat.TPUEstimator`, which builds on `create_estimator`.
 """
 import contextlib
+import functools
 import sys
 
 import tensorflow.compat.v1 as tf
-from absl import logging
 
 from migration import backend as backend_lib
 from migration import optimizers
-from migration import run_config as run_config_lib
 
 _MODES = tf.estimator.ModeKeys
 
@@ -31,7 +30,7 @@ def _fn_args(fn):
   return set(inspect.signature(target).parameters)
 
 
-def _call_with_named_args(fn, **candidates):
+def call_with_named_args(fn, **candidates):
   """Calls `fn` with the candidates it names, as Estimator does for model/input fns."""
   names = _fn_args(fn)
   return fn(**{k: v for k, v in candidates.items() if k in names})
@@ -93,21 +92,12 @@ def convert_spec(spec, mode, backend=None):
   return tf.estimator.EstimatorSpec(**kwargs)
 
 
-def _cross_shard_optimizer(backend):
-  def _factory(opt, reduction="mean", name=None, group_assignment=None):
-    if backend.is_npu and optimizers.rank_size() > 1:
-      return backend.npu_module("estimator.npu.npu_optimizer").NPUDistributedOptimizer(opt)
-    return optimizers.CrossShardOptimizer(opt, reduction, name or "CrossShardOptimizer",
-                                          group_assignment)
-  return _factory
-
-
 @contextlib.contextmanager
 def tpu_optimizer_stand_in(backend):
   """Replaces every loaded binding of tf's CrossShardOptimizer while the block runs."""
   from tensorflow.python.tpu import tpu_optimizer  # pylint: disable=g-import-not-at-top
   original = tpu_optimizer.CrossShardOptimizer
-  stand_in = _cross_shard_optimizer(backend)
+  stand_in = functools.partial(optimizers.cross_shard_optimizer, backend=backend)
   patched = [tpu_optimizer]
   for name, module in list(sys.modules.items()):
     if (name.startswith("tensorflow") and module is not None and
@@ -131,7 +121,7 @@ def compat_model_fn(model_fn, batch_sizes, backend=None):
     if batch_sizes.get(mode) is not None:
       params["batch_size"] = batch_sizes[mode]
     with tpu_optimizer_stand_in(active):
-      spec = _call_with_named_args(model_fn, features=features, labels=labels, mode=mode,
+      spec = call_with_named_args(model_fn, features=features, labels=labels, mode=mode,
                                    params=params, config=config)
     return convert_spec(spec, mode, active)
 
@@ -145,7 +135,7 @@ def _with_batch_size(input_fn, batch_size):
 
   def _input_fn(params, mode, config, input_context=None):
     params = dict(params or {}, batch_size=batch_size)
-    return _call_with_named_args(input_fn, params=params, mode=mode, config=config,
+    return call_with_named_args(input_fn, params=params, mode=mode, config=config,
                                  input_context=input_context)
 
   return _input_fn
@@ -183,49 +173,3 @@ def create_estimator(model_fn, config, params=None, train_batch_size=None,
   cls = type(base.__name__, (_BatchSizeMixin, base), {"_batch_sizes": batch_sizes})
   return cls(model_fn=compat_model_fn(model_fn, batch_sizes, backend), config=config,
              params=params, warm_start_from=warm_start_from)
-
-
-def _run_config_from_tpu_config(config, backend):
-  """A TPU RunConfig (or None) -> the RunConfig of `backend`."""
-  if config is None:
-    config = tf.estimator.RunConfig()
-  tpu_config = getattr(config, "tpu_config", None)
-  if not backend.is_npu and tpu_config is None:
-    return config
-  run_opts = run_config_lib.RunOptions(
-      model_dir=config.model_dir, save_checkpoints_steps=config.save_checkpoints_steps,
-      save_checkpoints_secs=config.save_checkpoints_secs,
-      keep_checkpoint_max=config.keep_checkpoint_max,
-      save_summary_steps=config.save_summary_steps,
-      log_step_count_steps=config.log_step_count_steps,
-      tf_random_seed=config.tf_random_seed, intra_op_threads=0, inter_op_threads=0)
-  iterations = tpu_config.iterations_per_loop if tpu_config is not None else 1
-  npu_opts = run_config_lib.NPU_DEFAULTS._replace(iterations_per_loop=iterations)
-  return run_config_lib.build_run_config(backend, run_opts, npu_opts)
-
-
-def TPUEstimator(model_fn=None, model_dir=None, config=None, params=None, use_tpu=True,  # pylint: disable=invalid-name
-                 train_batch_size=None, eval_batch_size=None, predict_batch_size=None,
-                 batch_axis=None, eval_on_tpu=True, export_to_tpu=True, export_to_cpu=True,
-                 warm_start_from=None, embedding_config_spec=None,
-                 export_saved_model_api_version=None):
-  """Drop-in for tf.estimator.tpu.TPUEstimator that runs on the NPU, GPU or CPU.
-
-  TPU-only arguments (batch_axis, eval_on_tpu, export_to_tpu, export_to_cpu,
-  embedding_config_spec, export_saved_model_api_version) are accepted and have no effect;
-  `use_tpu=True` is logged and ignored, as there is no TPU here.
-  """
-  del batch_axis, eval_on_tpu, export_to_tpu, export_to_cpu, export_saved_model_api_version
-  if embedding_config_spec is not None:
-    raise ValueError("TPUEstimator(embedding_config_spec=...) needs a TPU; not supported")
-  backend = backend_lib.current()
-  if use_tpu:
-    logging.info("TPUEstimator(use_tpu=True): no TPU here, running on %s", backend.device)
-  config = _run_config_from_tpu_config(config, backend)
-  if model_dir and config.model_dir and model_dir != config.model_dir:
-    raise ValueError("model_dir=%s differs from config.model_dir=%s"
-                     % (model_dir, config.model_dir))
-  if model_dir and not config.model_dir:
-    config = config.replace(model_dir=model_dir)
-  return create_estimator(model_fn, config, params, train_batch_size, eval_batch_size,
-                          predict_batch_size, warm_start_from, backend)

@@ -157,6 +157,16 @@ class CrossShardOptimizer(_DelegatingOptimizer):
     super(CrossShardOptimizer, self).__init__(opt, name)
 
 
+def cross_shard_optimizer(opt, reduction="mean", name=None, group_assignment=None,
+                          backend=None):
+  """`tf.tpu.CrossShardOptimizer` for the backend: NPUDistributedOptimizer on a multi-device
+  NPU run, else the single-shard pass-through above."""
+  backend = backend or backend_lib.current()
+  if backend.is_npu and rank_size() > 1:
+    return backend.npu_module("estimator.npu.npu_optimizer").NPUDistributedOptimizer(opt)
+  return CrossShardOptimizer(opt, reduction, name or "CrossShardOptimizer", group_assignment)
+
+
 def loss_scale_manager(loss_scale, backend=None):
   """The manager for a `--loss_scale` value, or None for "none"."""
   backend = backend or backend_lib.current()

@@ -10,6 +10,8 @@ The fp32-keeping modes (force_fp32, must_keep_origin_dtype) and an unset mode ru
 from absl import logging
 from tensorflow.core.protobuf import rewriter_config_pb2
 
+from migration import validation
+
 REDUCED_PRECISION_MODES = (
     "allow_fp32_to_fp16", "force_fp16", "cube_fp16in_fp32out", "allow_mix_precision",
     "allow_mix_precision_fp16", "allow_mix_precision_bf16", "allow_fp32_to_bf16")
@@ -68,3 +70,18 @@ def apply_to_session_config(config, backend, precision_mode):
     logging.warning("precision_mode=%s: this TensorFlow build has no CPU bf16 auto mixed "
                     "precision; running fp32", precision_mode)
   return config
+
+
+def resolve_loss_scale(loss_scale, backend, precision_mode):
+  """`--loss_scale` -> "none", "dynamic" or a number string; auto follows the precision."""
+  if loss_scale == "auto":
+    return "dynamic" if needs_loss_scaling(backend, precision_mode) else "none"
+  if loss_scale in ("none", "dynamic"):
+    return loss_scale
+  try:
+    if float(loss_scale) >= 1:
+      return loss_scale
+  except ValueError:
+    pass
+  raise validation.ConfigError("--loss_scale=%s: expected auto, none, dynamic or a number "
+                               ">= 1" % loss_scale)

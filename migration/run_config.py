@@ -70,11 +70,81 @@ def prepare_npu_environment(environ=None):
     env.setdefault(key, value)
 
 
-def build_run_config(backend, run_opts, npu_opts=NPU_DEFAULTS):
-  """Returns the RunConfig for `backend`; validates `npu_opts` first on every backend."""
+def _log_npu_only_options(backend, npu_opts):
+  npu_only = [name for name in ("fusion_switch_file", "modify_mixlist", "enable_dump",
+                                "enable_dump_debug", "enable_profiling")
+              if getattr(npu_opts, name)]
+  if npu_only:
+    logging.info("%s: validated; they take effect on the NPU only", ", ".join(npu_only))
+  if npu_opts.iterations_per_loop > 1:
+    logging.info("iterations_per_loop=%d applies on the NPU only; on %s every "
+                 "Session.run is one step", npu_opts.iterations_per_loop, backend.device)
+
+
+def adapt_session_config(base, backend, precision_mode):
+  """A copy of `base` (a ConfigProto, or None for a new one) fit for `backend`.
+
+  Off the NPU, `precision_mode` becomes TensorFlow's auto mixed precision. Both that
+  rewrite and NPUEstimator's NpuOptimizer are grappler passes, so a config that turns
+  grappler off (`disable_meta_optimizer`, common in TPU scripts) has it turned back on
+  when either is needed, with a log line.
+  """
+  config = tf.ConfigProto()
+  if base is not None:
+    config.CopyFrom(base)
+  else:
+    config.allow_soft_placement = True
+  rewrite = config.graph_options.rewrite_options
+  needs_grappler = backend.is_npu or precision_mode in precision.REDUCED_PRECISION_MODES
+  if needs_grappler and rewrite.disable_meta_optimizer:
+    rewrite.disable_meta_optimizer = False
+    logging.info("session_config had disable_meta_optimizer=True; turned off because %s "
+                 "runs as a grappler pass", "the NpuOptimizer" if backend.is_npu
+                 else "auto mixed precision (precision_mode=%s)" % precision_mode)
+  if not backend.is_npu:
+    precision.apply_to_session_config(config, backend, precision_mode)
+  return config
+
+
+# What NPURunConfig forwards to tf.estimator.RunConfig (npu_bridge_api.md §2.1).
+_FORWARDED_TO_NPU_RUN_CONFIG = (
+    "model_dir", "tf_random_seed", "save_summary_steps", "save_checkpoints_steps",
+    "save_checkpoints_secs", "keep_checkpoint_max", "keep_checkpoint_every_n_hours",
+    "log_step_count_steps", "train_distribute", "eval_distribute")
+
+
+def to_backend(config, backend, npu_opts=NPU_DEFAULTS):
+  """Any tf.estimator.RunConfig (a TPU RunConfig included) -> the RunConfig of `backend`
+  with the same settings: NPURunConfig carrying `npu_opts` on the NPU, the same config
+  with precision applied to its session config elsewhere. Validates `npu_opts` first."""
   validation.check_npu_options(npu_opts)
-  config = session_config(run_opts)
-  common = dict(
+  session = adapt_session_config(config.session_config, backend, npu_opts.precision_mode)
+  if not backend.is_npu:
+    _log_npu_only_options(backend, npu_opts)
+    if session == (config.session_config or tf.ConfigProto(allow_soft_placement=True)):
+      return config
+    return config.replace(session_config=session)
+
+  prepare_npu_environment()
+  validation.check_environment()
+  npu_config = backend.npu_module("estimator.npu.npu_config")
+  kwargs = {name: getattr(config, name) for name in _FORWARDED_TO_NPU_RUN_CONFIG}
+  kwargs.update(
+      session_config=session,
+      iterations_per_loop=npu_opts.iterations_per_loop,
+      hcom_parallel=npu_opts.hcom_parallel,
+      enable_data_pre_proc=npu_opts.enable_data_pre_proc,
+      mix_compile_mode=npu_opts.mix_compile_mode)
+  for name in ("precision_mode", "fusion_switch_file", "modify_mixlist"):
+    if getattr(npu_opts, name):
+      kwargs[name] = getattr(npu_opts, name)
+  kwargs.update(_npu_extra_configs(backend, npu_opts))
+  return npu_config.NPURunConfig(**kwargs)
+
+
+def build_run_config(backend, run_opts, npu_opts=NPU_DEFAULTS):
+  """The RunConfig for `backend` from the run loop's options (see `to_backend`)."""
+  config = tf.estimator.RunConfig(
       model_dir=run_opts.model_dir,
       tf_random_seed=run_opts.tf_random_seed,
       save_summary_steps=run_opts.save_summary_steps,
@@ -82,29 +152,5 @@ def build_run_config(backend, run_opts, npu_opts=NPU_DEFAULTS):
       save_checkpoints_secs=run_opts.save_checkpoints_secs,
       keep_checkpoint_max=run_opts.keep_checkpoint_max,
       log_step_count_steps=run_opts.log_step_count_steps,
-      session_config=config)
-  if not backend.is_npu:
-    precision.apply_to_session_config(config, backend, npu_opts.precision_mode)
-    npu_only = [name for name in ("fusion_switch_file", "modify_mixlist", "enable_dump",
-                                  "enable_dump_debug", "enable_profiling")
-                if getattr(npu_opts, name)]
-    if npu_only:
-      logging.info("%s: validated; they take effect on the NPU only", ", ".join(npu_only))
-    if npu_opts.iterations_per_loop > 1:
-      logging.info("iterations_per_loop=%d applies on the NPU only; on %s every "
-                   "Session.run is one step", npu_opts.iterations_per_loop, backend.device)
-    return tf.estimator.RunConfig(**common)
-
-  prepare_npu_environment()
-  validation.check_environment()
-  npu_config = backend.npu_module("estimator.npu.npu_config")
-  npu_kwargs = dict(
-      iterations_per_loop=npu_opts.iterations_per_loop,
-      hcom_parallel=npu_opts.hcom_parallel,
-      enable_data_pre_proc=npu_opts.enable_data_pre_proc,
-      mix_compile_mode=npu_opts.mix_compile_mode)
-  for name in ("precision_mode", "fusion_switch_file", "modify_mixlist"):
-    if getattr(npu_opts, name):
-      npu_kwargs[name] = getattr(npu_opts, name)
-  npu_kwargs.update(_npu_extra_configs(backend, npu_opts))
-  return npu_config.NPURunConfig(**dict(common, **npu_kwargs))
+      session_config=session_config(run_opts))
+  return to_backend(config, backend, npu_opts)

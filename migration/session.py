@@ -8,19 +8,18 @@ same options as the Estimator path. Elsewhere it is a plain ConfigProto with
 from tensorflow.core.protobuf import rewriter_config_pb2
 
 from migration import backend as backend_lib
-from migration import precision
 from migration import run_config as run_config_lib
 from migration import validation
 
 
-def session_config(npu_opts=run_config_lib.NPU_DEFAULTS, run_opts=None, backend=None):
-  """A ConfigProto for `backend` carrying `npu_opts` (validated first)."""
+def session_config(npu_opts=run_config_lib.NPU_DEFAULTS, base=None, backend=None):
+  """A ConfigProto for `backend` carrying `npu_opts` (validated first), built on `base`
+  (the script's own ConfigProto) when given."""
   backend = backend or backend_lib.current()
   validation.check_npu_options(npu_opts)
-  run_opts = run_opts or run_config_lib.RunOptions(*([None] * len(run_config_lib.RunOptions._fields)))
-  config = run_config_lib.session_config(run_opts)
+  config = run_config_lib.adapt_session_config(base, backend, npu_opts.precision_mode)
   if not backend.is_npu:
-    return precision.apply_to_session_config(config, backend, npu_opts.precision_mode)
+    return config
   config = backend.npu_module("npu_init").npu_config_proto(config_proto=config)
   params = next(o for o in config.graph_options.rewrite_options.custom_optimizers
                 if o.name == "NpuOptimizer").parameter_map

@@ -5,7 +5,7 @@ import sys
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-NPU_DOUBLE = os.path.join(REPO, "tests", "npu_double")
+NPU_DOUBLE = os.path.join(REPO, "migration", "doubles")
 
 
 def data_root():
@@ -53,4 +53,24 @@ def npu_double(npu_bridge_on_path, monkeypatch):
 def cpu_backend():
   from migration import backend as backend_lib
   yield backend_lib.activate(backend_lib.Backend("cpu"))
+  backend_lib.activate(backend_lib.Backend("cpu"))
+
+
+@pytest.fixture
+def migration_env(monkeypatch):
+  """Sets MIGRATION_* variables for converted code (migration.runtime) in this test only:
+  `migration_env(MIGRATION_DEVICE="cpu", ...)`; the runtime re-reads them."""
+  from migration import backend as backend_lib  # pylint: disable=g-import-not-at-top
+  from migration import runtime  # pylint: disable=g-import-not-at-top
+  for name in [n for n in os.environ if n.startswith(runtime.PREFIX)]:
+    monkeypatch.delenv(name)
+
+  def _set(**variables):
+    for name, value in variables.items():
+      monkeypatch.setenv(name, value)
+    runtime.reset()
+    return runtime.settings()
+
+  yield _set
+  runtime.reset()
   backend_lib.activate(backend_lib.Backend("cpu"))

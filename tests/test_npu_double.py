@@ -1,4 +1,4 @@
-"""The npu_bridge test double (tests/npu_double) enforces the adapter's documented rules.
+"""The npu_bridge test double (migration/doubles) enforces the adapter's documented rules.
 
 Reference: ../shared/reference/npu_bridge_api.md (master) and migration_tool.md §6.
 """

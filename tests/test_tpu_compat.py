@@ -1,4 +1,4 @@
-"""A model_fn written for TPUEstimator runs unchanged through the runtime (CPU and NPU)."""
+"""A model_fn written for TPUEstimator runs unchanged through migration.compat (CPU and NPU)."""
 import glob
 
 import pytest
@@ -6,8 +6,7 @@ import tensorflow as tf_root
 import tensorflow.compat.v1 as tf
 
 from estimators import layers
-from migration import backend as backend_lib
-from migration import estimator as estimator_lib
+from migration import compat
 from tests import tiny_model
 
 TPUEstimatorSpec = tf.estimator.tpu.TPUEstimatorSpec
@@ -64,11 +63,12 @@ def _train_and_evaluate(estimator, seen):
   return estimator.evaluate(input_fn_recording(tf.estimator.ModeKeys.EVAL, seen))
 
 
-def test_tpu_model_fn_trains_and_evaluates_on_cpu(tmp_path, cpu_backend):
+def test_tpu_model_fn_trains_and_evaluates_on_cpu(tmp_path, migration_env):
+  migration_env(MIGRATION_DEVICE="cpu")
   seen = {}
   config = tf.estimator.tpu.RunConfig(
       model_dir=str(tmp_path), tpu_config=tf.estimator.tpu.TPUConfig(iterations_per_loop=10))
-  estimator = estimator_lib.TPUEstimator(
+  estimator = compat.TPUEstimator(
       model_fn=make_tpu_model_fn(seen), config=config, params={"model_dir": str(tmp_path)},
       use_tpu=True, train_batch_size=32, eval_batch_size=64)
   assert isinstance(estimator, tf.estimator.Estimator)
@@ -84,22 +84,23 @@ def test_tpu_model_fn_trains_and_evaluates_on_cpu(tmp_path, cpu_backend):
   assert "host_loss" in tags, "host_call summaries were not written"
 
 
-def test_real_cross_shard_optimizer_restored_after_model_fn(tmp_path, cpu_backend):
+def test_real_cross_shard_optimizer_restored_after_model_fn(tmp_path, migration_env):
+  migration_env(MIGRATION_DEVICE="cpu")
   before = tf.tpu.CrossShardOptimizer
   seen = {}
-  estimator = estimator_lib.TPUEstimator(
+  estimator = compat.TPUEstimator(
       model_fn=make_tpu_model_fn(seen), model_dir=str(tmp_path),
       params={"model_dir": str(tmp_path)}, train_batch_size=32, eval_batch_size=64)
   estimator.train(input_fn_recording(tf.estimator.ModeKeys.TRAIN, seen), max_steps=1)
   assert tf.tpu.CrossShardOptimizer is before
 
 
-def test_tpu_model_fn_runs_on_npu_estimator(tmp_path, npu_double):
-  backend_lib.activate(backend_lib.select_backend("npu"))
+def test_tpu_model_fn_runs_on_npu_estimator(tmp_path, npu_double, migration_env):
+  migration_env(MIGRATION_DEVICE="npu")
   seen = {}
   config = tf.estimator.tpu.RunConfig(
       model_dir=str(tmp_path), tpu_config=tf.estimator.tpu.TPUConfig(iterations_per_loop=1))
-  estimator = estimator_lib.TPUEstimator(
+  estimator = compat.TPUEstimator(
       model_fn=make_tpu_model_fn(seen), config=config, params={"model_dir": str(tmp_path)},
       train_batch_size=32, eval_batch_size=64)
   assert type(estimator).__mro__[2].__name__ == "NPUEstimator"
@@ -107,6 +108,7 @@ def test_tpu_model_fn_runs_on_npu_estimator(tmp_path, npu_double):
   assert results["global_step"] == 30 and results["accuracy"] > 0.9
 
 
-def test_embedding_config_needs_a_tpu():
+def test_embedding_config_needs_a_tpu(migration_env):
+  migration_env(MIGRATION_DEVICE="cpu")
   with pytest.raises(ValueError, match="embedding_config_spec"):
-    estimator_lib.TPUEstimator(model_fn=lambda: None, embedding_config_spec=object())
+    compat.TPUEstimator(model_fn=lambda: None, embedding_config_spec=object())

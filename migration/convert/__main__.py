@@ -1,0 +1,152 @@
+"""python -m migration.convert -i SRC [-o OUT] [-r REPORT] [-m MAIN] [--verify "ARGS"]
+
+Ports TPU (and GPU/Horovod) TensorFlow code onto the migration runtime, so the result runs
+on an Ascend NPU through npu_bridge and unchanged on CPU/GPU. The command line is that of
+Huawei's convert_tf2npu (migration_tool.md §1): -i/--input is required, the output and
+report folders may not lie inside the input, only .py files are rewritten and everything
+else is copied, the input is never modified. Unlike it, OUT and REPORT are the folders
+themselves (no timestamped subfolder), so `diff -r SRC OUT` compares the trees directly.
+
+Exit status: 0 when everything converted (and verified, with --verify), 1 when anything
+could not be converted or a verification run failed, 2 for bad arguments.
+"""
+import argparse
+import os
+import shutil
+import sys
+import time
+
+from migration.convert import report
+from migration.convert import rewrite
+from migration.convert import verify
+
+_MAX_BYTES = 10 * 1024 * 1024  # as convert_tf2npu: larger .py files are copied, with a warning
+
+
+class UsageError(Exception):
+  """Bad arguments: one line, exit status 2."""
+
+
+def _parser():
+  parser = argparse.ArgumentParser(
+      prog="python -m migration.convert", description=__doc__.split("\n\n")[1],
+      formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("-i", "--input", required=True,
+                      help="folder (or one .py file) of the TPU scripts; never modified")
+  parser.add_argument("-o", "--output", help="folder for the converted tree (new or empty; "
+                      "default output_npu_<timestamp>)")
+  parser.add_argument("-r", "--report", help="folder for the reports (default "
+                      "report_npu_<timestamp>)")
+  parser.add_argument("-m", "--main", help="the entry script, inside the input; needed "
+                      "by --verify")
+  parser.add_argument("--verify", metavar="ARGS", help="after converting, run MAIN with "
+                      "ARGS on the CPU and with the npu_bridge test double; {run} in ARGS "
+                      "becomes a fresh folder per run")
+  parser.add_argument("--verify_timeout", type=int, default=1800,
+                      help="seconds each verification run may take")
+  return parser
+
+
+def _inside(path, folder):
+  path, folder = os.path.realpath(path), os.path.realpath(folder)
+  return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def _check(args):
+  """Resolves and checks the folders; returns (input root, files, output, report, main)."""
+  source = args.input
+  if not os.path.exists(source):
+    raise UsageError("-i %s: no such folder or file" % source)
+  if os.path.isfile(source) and not source.endswith(".py"):
+    raise UsageError("-i %s: expected a folder or a .py file" % source)
+  stamp = time.strftime("%Y%m%d%H%M%S")
+  output = args.output or "output_npu_" + stamp
+  report_dir = args.report or "report_npu_" + stamp
+  root = source if os.path.isdir(source) else os.path.dirname(os.path.abspath(source))
+  for flag, folder in (("-o", output), ("-r", report_dir)):
+    if _inside(folder, root):
+      raise UsageError("%s %s lies inside the input %s; choose a folder outside it"
+                       % (flag, folder, source))
+  if os.path.isfile(output) or (os.path.isdir(output) and os.listdir(output)):
+    raise UsageError("-o %s exists and is not an empty folder; remove it or choose another"
+                     % output)
+  main = None
+  if args.main:
+    main = args.main if os.path.isfile(args.main) else os.path.join(root, args.main)
+    if not os.path.isfile(main) or not _inside(main, root):
+      raise UsageError("-m %s: not a file inside the input %s" % (args.main, source))
+  if args.verify is not None and main is None:
+    raise UsageError("--verify needs -m MAIN, the script to run")
+  if os.path.isfile(source):
+    files = [os.path.basename(source)]
+  else:
+    files = sorted(os.path.relpath(os.path.join(folder, name), root)
+                   for folder, subfolders, names in os.walk(root)
+                   for name in names
+                   if "__pycache__" not in os.path.relpath(folder, root).split(os.sep))
+  return root, files, output, report_dir, main
+
+
+def convert_tree(root, files, output):
+  """Converts or copies each file; returns (results, unparsable, sources)."""
+  results, unparsable, sources = {}, {}, {}
+  for path in files:
+    source_path, target_path = os.path.join(root, path), os.path.join(output, path)
+    os.makedirs(os.path.dirname(target_path) or ".", exist_ok=True)
+    if not path.endswith(".py") or os.path.getsize(source_path) > _MAX_BYTES:
+      if path.endswith(".py"):
+        print("warning: %s is over 10 MiB; copied unchanged" % path)
+      shutil.copy2(source_path, target_path)
+      continue
+    try:
+      with open(source_path, encoding="utf-8") as f:
+        sources[path] = f.read()
+      result = rewrite.convert_source(sources[path])
+    except (rewrite.ParseError, UnicodeDecodeError) as error:
+      if isinstance(error, UnicodeDecodeError):
+        error = rewrite.ParseError("?", "not UTF-8 text")
+      unparsable[path] = error
+      print("error: %s:%s cannot be parsed (%s); copied unchanged"
+            % (path, error.line, error.message))
+      sources.pop(path, None)
+      shutil.copy2(source_path, target_path)
+      continue
+    results[path] = result
+    with open(target_path, "w", encoding="utf-8") as f:
+      f.write(result.source)
+    shutil.copystat(source_path, target_path)
+    if result.changes or result.problems:
+      print("%s: %d changes, %d not converted" % (path, len(result.changes),
+                                                 len(result.problems)))
+  return results, unparsable, sources
+
+
+def main(argv=None):
+  args = _parser().parse_args(argv)
+  try:
+    root, files, output, report_dir, main_script = _check(args)
+  except UsageError as error:
+    print("error: %s" % error, file=sys.stderr)
+    return 2
+  os.makedirs(output, exist_ok=True)
+  results, unparsable, sources = convert_tree(root, files, output)
+  print(report.write(report_dir, results, unparsable, sources), end="")
+  not_converted = sum(len(r.problems) for r in results.values()) + len(unparsable)
+  print("Converted %d files into %s; reports in %s" % (len(results), output, report_dir))
+  status = 0
+  if not_converted:
+    print("%d item(s) could not be converted: see %s and %s" % (
+        not_converted, os.path.join(report_dir, "failed_report.txt"),
+        os.path.join(report_dir, "need_migration_doc.txt")))
+    status = 1
+  if args.verify is not None:
+    converted_main = os.path.join(output, os.path.relpath(main_script, root))
+    verdicts = verify.run(converted_main, output, args.verify, report_dir,
+                          args.verify_timeout)
+    if not all(ok for _, ok, _ in verdicts):
+      status = 1
+  return status
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,289 @@
+"""Rewrites one Python source onto migration.compat, keeping everything else byte for byte.
+
+Sources are parsed and printed with pasta (the source-to-source library TensorFlow's own
+upgrade script and Huawei's tool use): nodes left alone print exactly as they were read,
+so a diff of input and output shows only the rewritten expressions and the import lines.
+"""
+import ast
+import collections
+
+import pasta
+from pasta.base import formatting
+
+from migration.convert import apis
+
+Change = collections.namedtuple("Change", ["line", "rule", "before", "after"])
+Problem = collections.namedtuple("Problem", ["line", "api", "why", "manual"])
+Result = collections.namedtuple("Result", ["source", "changes", "problems"])
+
+
+class ParseError(Exception):
+  """The source cannot be parsed (or pasta cannot print it back unchanged)."""
+
+  def __init__(self, line, message):
+    super(ParseError, self).__init__("line %s: %s" % (line, message))
+    self.line = line
+    self.message = message
+
+
+def _expression(code):
+  return pasta.parse(code).body[0].value
+
+
+def _dotted(node):
+  """`a.b.c` for a chain of attributes on a name, else None."""
+  parts = []
+  while isinstance(node, ast.Attribute):
+    parts.append(node.attr)
+    node = node.value
+  if not isinstance(node, ast.Name):
+    return None
+  parts.append(node.id)
+  return ".".join(reversed(parts))
+
+
+def _is_true(node):
+  return getattr(node, "value", None) is True
+
+
+def _import_bindings(node):
+  """(bound name, dotted target) for each name an import statement binds."""
+  for alias in node.names:
+    if isinstance(node, ast.Import):
+      if alias.asname:
+        yield alias.asname, alias.name
+      else:
+        first = alias.name.split(".")[0]
+        yield first, first
+    elif not node.level and alias.name != "*":
+      yield alias.asname or alias.name, node.module + "." + alias.name
+
+
+def _names_used(tree):
+  return {node.id for node in ast.walk(tree) if isinstance(node, ast.Name)}
+
+
+def _statement_lists(tree):
+  for node in ast.walk(tree):
+    for field in ("body", "orelse", "finalbody"):
+      statements = getattr(node, field, None)
+      if isinstance(statements, list) and statements and isinstance(statements[0], ast.stmt):
+        yield statements
+
+
+class _Rewriter(ast.NodeTransformer):
+  """Renames API references and adjusts the arguments of a few calls (see apis)."""
+
+  def __init__(self, bindings):
+    self.bindings = bindings
+    self.changes = []
+    self.problems = []
+    self.modules_used = set()
+
+  # --- names ---
+
+  def _qualified(self, node):
+    dotted = _dotted(node)
+    if dotted is None:
+      return None
+    first, _, rest = dotted.partition(".")
+    if first not in self.bindings:
+      return None
+    return self.bindings[first] + ("." + rest if rest else "")
+
+  def _target(self, node):
+    qualified = self._qualified(node)
+    if qualified is None:
+      return None
+    name = apis.canonical(qualified)
+    target = apis.rename(name)
+    if target is None and name.flavor is None and qualified.endswith(
+        "." + apis.TPU_PROFILER_HOOK) and not qualified.startswith(apis.COMPAT):
+      target = "%s.%s" % (apis.COMPAT, apis.TPU_PROFILER_HOOK)
+    return target
+
+  def _new(self, target, place):
+    """`target` parsed, at the position of node `place`: pasta prints a call's arguments
+    in the order of their positions."""
+    self.modules_used.add(target.rsplit(".", 1)[0])
+    return ast.copy_location(_expression(target), place)
+
+  def _reference(self, node):
+    """A name or attribute chain: the innermost part with a rule is replaced; a TPU API
+    with none is reported."""
+    chain = []
+    part = node
+    while isinstance(part, ast.Attribute):
+      chain.append(part)
+      part = part.value
+    chain.append(part)
+    for index in range(len(chain) - 1, -1, -1):
+      target = self._target(chain[index])
+      if target:
+        self.changes.append(Change(node.lineno, "rename", pasta.dump(chain[index]), target))
+        new = self._new(target, chain[index])
+        if index == 0:
+          return new
+        chain[index - 1].value = new
+        return node
+    qualified = self._qualified(node)
+    verdict = qualified and apis.unsupported(apis.canonical(qualified))
+    if verdict and isinstance(getattr(node, "ctx", None), ast.Load):
+      self.problems.append(Problem(node.lineno, pasta.dump(node), verdict[1], verdict[0]))
+    return node
+
+  def visit_Name(self, node):
+    return self._reference(node) if isinstance(node.ctx, ast.Load) else node
+
+  def visit_Attribute(self, node):
+    if _dotted(node) is None:
+      return self.generic_visit(node)
+    return self._reference(node)
+
+  # --- calls ---
+
+  def _wrap(self, value, wrapper, line, rule):
+    if isinstance(value, ast.Call) and _dotted(value.func) == wrapper:
+      return value
+    new = self._new(wrapper + "(_)", value)
+    new.args[0] = value
+    self.changes.append(Change(line, rule, pasta.dump(value), pasta.dump(new)))
+    return new
+
+  def _wrap_argument(self, call, keyword, index, wrapper, rule, default=None):
+    """Wraps argument `keyword` (or positional `index`) in `wrapper(...)`; adds
+    `keyword=wrapper(default)` when absent and `default` is given ("" for no argument)."""
+    for kw in call.keywords:
+      if kw.arg == keyword:
+        if not _is_true(kw.value) or keyword != "drop_remainder":
+          kw.value = self._wrap(kw.value, wrapper, call.lineno, rule)
+        return
+    positional = [a for a in call.args if not isinstance(a, getattr(ast, "Starred", ()))]
+    if index is not None and len(positional) == len(call.args) > index:
+      if not (_is_true(call.args[index]) and keyword == "drop_remainder"):
+        call.args[index] = self._wrap(call.args[index], wrapper, call.lineno, rule)
+      return
+    if default is None or any(kw.arg is None for kw in call.keywords) or len(
+        positional) < len(call.args):
+      return
+    last = max([call] + call.args + [kw.value for kw in call.keywords],
+               key=lambda node: (node.lineno, node.col_offset))
+    value = self._new("%s(%s)" % (wrapper, default), last)
+    value.col_offset += 1  # after the last argument
+    call.keywords.append(ast.keyword(arg=keyword, value=value))
+    self.changes.append(Change(call.lineno, rule, "", "%s=%s" % (keyword, pasta.dump(value))))
+
+  def _drop_tpu_arguments(self, call):
+    kept = []
+    for kw in call.keywords:
+      if kw.arg in apis.TPU_ONLY_ARGUMENTS:
+        self.changes.append(Change(kw.value.lineno, "tpu-only-argument",
+                                   "%s=%s" % (kw.arg, pasta.dump(kw.value)), ""))
+      else:
+        kept.append(kw)
+    call.keywords = kept
+
+  def visit_Call(self, node):
+    qualified = self._qualified(node.func)
+    name = apis.canonical(qualified) if qualified else None
+    method = node.func.attr if qualified is None and isinstance(node.func,
+                                                                ast.Attribute) else None
+    node = self.generic_visit(node)
+    compat = apis.COMPAT + "."
+    if name is not None and name.flavor is not None:
+      path = name.path
+      if path in ("estimator.tpu.TPUEstimator", "tpu.TPUEstimator"):
+        self._drop_tpu_arguments(node)
+      elif path in apis.SESSION_CONFIG_INDEX:
+        self._wrap_argument(node, "config", apis.SESSION_CONFIG_INDEX[path],
+                            compat + "session_config", "session-config", default="")
+      elif path in apis.CANNED_ESTIMATORS:
+        self._wrap_argument(node, "config", None, compat + "run_config", "run-config",
+                            default="")
+      elif path == "device":
+        self._wrap_argument(node, "device_name_or_function", 0, compat + "device", "device")
+      elif path in apis.MAP_AND_BATCH:
+        self._wrap_argument(node, "drop_remainder", apis.MAP_AND_BATCH_DROP_REMAINDER_INDEX,
+                            compat + "drop_remainder", "drop-remainder", default="False")
+    elif method == "batch":
+      self._wrap_argument(node, "drop_remainder", apis.BATCH_DROP_REMAINDER_INDEX,
+                          compat + "drop_remainder", "drop-remainder", default="False")
+    elif method == "shard":
+      self._wrap_argument(node, "num_shards", 0, compat + "shard_count", "shard-by-rank")
+      self._wrap_argument(node, "index", 1, compat + "shard_index", "shard-by-rank")
+    return node
+
+
+def _remove_imports(tree, bindings_before_use, used_after, changes):
+  """Removes imports of ported-away modules that the rewrite left unused."""
+  for statements in list(_statement_lists(tree)):
+    for statement in list(statements):
+      if not isinstance(statement, (ast.Import, ast.ImportFrom)):
+        continue
+      kept = [alias for alias, (bound, target) in zip(statement.names,
+                                                       _import_bindings(statement))
+              if not (bound in bindings_before_use and bound not in used_after and
+                      apis.ported_away(apis.canonical(target)))]
+      if len(kept) == len(statement.names):
+        continue
+      changes.append(Change(statement.lineno, "remove-import", pasta.dump(statement).strip(),
+                            ""))
+      if kept:
+        statement.names = kept
+        continue
+      position = statements.index(statement)
+      statements.remove(statement)
+      prefix = formatting.get(statement, "prefix") or ""
+      indent = formatting.get(statement, "indent") or ""
+      if statements:  # comments and blank lines above it stay, above the next statement
+        following = statements[min(position, len(statements) - 1)]
+        formatting.set(following, "prefix", prefix[:len(prefix) - len(indent)] +
+                       (formatting.get(following, "prefix") or ""))
+      else:
+        placeholder = pasta.parse("pass\n").body[0]
+        for key, value in (("prefix", prefix), ("indent", indent), ("suffix", "\n")):
+          formatting.set(placeholder, key, value)
+        statements.append(placeholder)
+
+
+def _add_imports(tree, modules, changes):
+  """`import migration.compat` (and .horovod) after the module's leading imports."""
+  present = {alias.name for node in tree.body if isinstance(node, ast.Import)
+             for alias in node.names}
+  position = 0
+  for index, node in enumerate(tree.body):
+    if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+      break
+    if isinstance(node, (ast.Import, ast.ImportFrom)) or (
+        index == 0 and isinstance(node, ast.Expr) and isinstance(
+            getattr(node.value, "value", node.value), (str, ast.Str))):
+      position = index + 1
+  for module in sorted(modules - present, reverse=True):
+    statement = pasta.parse("import %s\n" % module).body[0]
+    formatting.set(statement, "suffix", "\n")
+    tree.body.insert(position, statement)
+    changes.append(Change(getattr(tree.body[position - 1], "lineno", 0) + 1 if position else 1,
+                          "add-import", "", "import %s" % module))
+
+
+def convert_source(source):
+  """Returns Result(new source, changes, problems); raises ParseError."""
+  try:
+    tree = pasta.parse(source)
+  except SyntaxError as error:
+    raise ParseError(error.lineno, error.msg)
+  except Exception as error:  # pylint: disable=broad-except  (pasta's own failures)
+    raise ParseError(getattr(error, "lineno", "?"), "%s: %s" % (type(error).__name__, error))
+  if pasta.dump(tree) != source:
+    raise ParseError("?", "pasta cannot print this file back unchanged; left as it is")
+  bindings = dict(binding for node in ast.walk(tree)
+                  if isinstance(node, (ast.Import, ast.ImportFrom))
+                  for binding in _import_bindings(node))
+  used_before = _names_used(tree)
+  rewriter = _Rewriter(bindings)
+  tree = rewriter.visit(tree)
+  changes = list(rewriter.changes)
+  _remove_imports(tree, used_before & set(bindings), _names_used(tree), changes)
+  _add_imports(tree, rewriter.modules_used, changes)
+  changes.sort(key=lambda change: change.line)
+  return Result(pasta.dump(tree), changes, sorted(set(rewriter.problems)))

@@ -1,0 +1,75 @@
+"""`horovod.tensorflow` for ported scripts: HCCL data parallelism on the NPU.
+
+Huawei's tool maps Horovod to HCCL (migration_tool.md §2.8); `migration.convert` rewrites
+`hvd.X` to these. The rank comes from RANK_ID/RANK_SIZE, as the ModelZoo launch scripts
+set them. Off the NPU a run is one process: several ranks there need tf.distribute.
+"""
+import os
+
+import tensorflow.compat.v1 as tf
+
+from migration import compat
+from migration import runtime
+
+
+def _check_single_process_off_npu():
+  if not runtime.settings().backend.is_npu and int(os.environ.get("RANK_SIZE", "1")) > 1:
+    raise SystemExit("error: RANK_SIZE=%s: Horovod ranks map to NPU devices (HCCL); off the "
+                     "NPU run one process or use tf.distribute" % os.environ["RANK_SIZE"])
+
+
+def init(comm=None):
+  del comm
+  _check_single_process_off_npu()
+
+
+def size():
+  return compat.rank_size()
+
+
+def rank():
+  return compat.rank_id()
+
+
+def local_size():
+  return compat.rank_size()
+
+
+def local_rank():
+  return compat.rank_id()
+
+
+def DistributedOptimizer(optimizer, name=None, use_locking=False, device_dense="",  # pylint: disable=invalid-name
+                         device_sparse="", compression=None, sparse_as_dense=False,
+                         backward_passes_per_step=1, op=None, gradient_predivide_factor=1.0,
+                         average_aggregated_gradients=False, num_groups=0, groups=None):
+  """NPUDistributedOptimizer on several NPU devices; the optimizer itself on one."""
+  del name, use_locking, device_dense, device_sparse, compression, sparse_as_dense
+  del backward_passes_per_step, op, gradient_predivide_factor, average_aggregated_gradients
+  del num_groups, groups
+  backend = runtime.settings().backend
+  if backend.is_npu and compat.rank_size() > 1:
+    return backend.npu_module("estimator.npu.npu_optimizer").NPUDistributedOptimizer(optimizer)
+  return optimizer
+
+
+def BroadcastGlobalVariablesHook(root_rank, device=""):  # pylint: disable=invalid-name
+  """NPUBroadcastGlobalVariablesHook on several NPU devices; a no-op hook on one."""
+  del device
+  backend = runtime.settings().backend
+  if backend.is_npu and compat.rank_size() > 1:
+    hooks = backend.npu_module("estimator.npu.npu_hook")
+    return hooks.NPUBroadcastGlobalVariablesHook(root_rank, compat.rank_id())
+  return tf.train.SessionRunHook()
+
+
+def allreduce(tensor, average=None, device_dense="", device_sparse="", compression=None,
+              op=None, prescale_factor=1.0, postscale_factor=1.0, name=None):
+  """hccl allreduce (mean unless op says sum) over the NPU ranks; identity on one."""
+  del device_dense, device_sparse, compression, prescale_factor, postscale_factor
+  if compat.rank_size() == 1:
+    return tf.identity(tensor, name=name)
+  mean = average if average is not None else op in (None, "Average")
+  hccl_ops = runtime.settings().backend.npu_module("hccl.hccl_ops")
+  total = hccl_ops.allreduce(tensor, "sum")
+  return total / compat.rank_size() if mean else total

@@ -1,0 +1,152 @@
+"""`python -m migration.convert`: Huawei's command-line rules, the report files, the input
+left untouched, conversion of converted output changing nothing."""
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from migration.convert import __main__ as convert_main
+from tests import conftest
+
+TPU_SCRIPT = '''"""A TPU script."""
+import tensorflow.compat.v1 as tf
+from tensorflow.compat.v1 import estimator as tf_estimator
+
+
+def model_fn(features, labels, mode, params):
+  optimizer = tf.tpu.CrossShardOptimizer(tf.train.GradientDescentOptimizer(0.1))  # keep me
+  return tf_estimator.tpu.TPUEstimatorSpec(mode, loss=tf.constant(0.0))
+
+
+def main():
+  config = tf_estimator.tpu.RunConfig(tpu_config=tf_estimator.tpu.TPUConfig(10))
+  return tf_estimator.tpu.TPUEstimator(model_fn=model_fn, config=config, export_to_tpu=False)
+'''
+
+
+@pytest.fixture
+def source_tree(tmp_path):
+  root = tmp_path / "src"
+  (root / "pkg").mkdir(parents=True)
+  (root / "train.py").write_text(TPU_SCRIPT)
+  (root / "pkg" / "__init__.py").write_text("")
+  (root / "pkg" / "plain.py").write_text("import os\n\nPATH = os.sep  # untouched\n")
+  (root / "pkg" / "legacy.py").write_text('import tensorflow as tf\nprint "python 2"\n')
+  (root / "config.yaml").write_text("depth: 18\n")
+  return root
+
+
+def _digest(root):
+  digest = hashlib.sha256()
+  for folder, _, names in sorted(os.walk(str(root))):
+    for name in sorted(names):
+      path = os.path.join(folder, name)
+      digest.update(path.encode())
+      with open(path, "rb") as f:
+        digest.update(f.read())
+  return digest.hexdigest()
+
+
+def _convert(*argv):
+  return convert_main.main([str(a) for a in argv])
+
+
+def test_converts_tree_and_writes_huawei_reports(source_tree, tmp_path, capsys):
+  before = _digest(source_tree)
+  out, rep = tmp_path / "out", tmp_path / "rep"
+  status = _convert("-i", source_tree, "-o", out, "-r", rep)
+  assert _digest(source_tree) == before, "the input was modified"
+  assert status == 1, "an unparsable file must make the exit status non-zero"
+  assert "1 item(s) could not be converted" in capsys.readouterr().out
+  converted = (out / "train.py").read_text()
+  assert "migration.compat.TPUEstimator(model_fn=model_fn, config=config)" in converted
+  assert "migration.compat.CrossShardOptimizer(tf.train.GradientDescentOptimizer(0.1))  # " \
+         "keep me" in converted
+  for name in ("pkg/__init__.py", "pkg/plain.py", "pkg/legacy.py", "config.yaml"):
+    assert (out / name).read_bytes() == (source_tree / name).read_bytes(), name
+  success = (rep / "success_report.txt").read_text().splitlines()
+  assert "train.py:7 change tf.tpu.CrossShardOptimizer to migration.compat." \
+         "CrossShardOptimizer" in success
+  assert "train.py:13 remove argument export_to_tpu=False (TPU only)" in success
+  assert any(re.match(r"train\.py:\d+ add import migration\.compat$", l) for l in success)
+  failed = (rep / "failed_report.txt").read_text()
+  assert re.search(r"pkg/legacy\.py:2 cannot be parsed \(.+\); copied unchanged", failed)
+  brief = (rep / "api_brief_report.txt").read_text().splitlines()
+  assert brief[0].startswith("1.In brief: Total API: 6, in which Support: 0, API support "
+                             "after migration: 5, ")
+  assert brief[1].startswith("2.After eliminate duplicate: Total API: ")
+  report = json.loads((rep / "report.json").read_text())
+  assert {c["rule"] for c in report["changes"]} >= {"rename", "tpu-only-argument",
+                                                    "add-import"}
+  assert all(set(c) == {"file", "line", "rule", "before", "after"} for c in report["changes"])
+  assert report["unparsable"][0]["file"] == "pkg/legacy.py"
+  diff = (rep / "changes.diff").read_text()
+  assert "-  optimizer = tf.tpu.CrossShardOptimizer(" in diff and "+++ b/train.py" in diff
+
+
+def test_diff_shows_only_converted_lines(source_tree, tmp_path):
+  out = tmp_path / "out"
+  _convert("-i", source_tree, "-o", out, "-r", tmp_path / "rep")
+  original = (source_tree / "train.py").read_text().splitlines()
+  converted = (out / "train.py").read_text().splitlines()
+  removed = [line for line in original if line not in converted]
+  added = [line for line in converted if line not in original]
+  assert len(removed) == 4 and all("tpu" in line for line in removed)
+  assert added[0] == "import migration.compat"
+  assert all("migration.compat." in line for line in added[1:])
+
+
+def test_converting_converted_output_changes_nothing(source_tree, tmp_path):
+  out, again = tmp_path / "out", tmp_path / "again"
+  _convert("-i", source_tree, "-o", out, "-r", tmp_path / "rep")
+  _convert("-i", out, "-o", again, "-r", tmp_path / "rep2")
+  for folder, _, names in os.walk(str(out)):
+    for name in names:
+      path = os.path.relpath(os.path.join(folder, name), str(out))
+      assert (again / path).read_bytes() == (out / path).read_bytes(), path
+  assert (tmp_path / "rep2" / "success_report.txt").read_text() == ""
+
+
+@pytest.mark.parametrize("where", ["-o", "-r"])
+def test_output_or_report_inside_input_is_refused(source_tree, capsys, where):
+  args = {"-o": "/tmp/elsewhere_out", "-r": "/tmp/elsewhere_rep"}
+  args[where] = str(source_tree / "inside")
+  status = _convert("-i", source_tree, "-o", args["-o"], "-r", args["-r"])
+  err = capsys.readouterr().err.strip().splitlines()
+  assert status == 2 and len(err) == 1
+  assert "lies inside the input" in err[0] and where in err[0]
+  assert not (source_tree / "inside").exists()
+
+
+def test_argument_errors_are_one_line_with_status_2(source_tree, tmp_path, capsys):
+  (tmp_path / "full").mkdir()
+  (tmp_path / "full" / "x").write_text("")
+  cases = [
+      (["-i", tmp_path / "missing"], "no such folder"),
+      (["-i", source_tree, "-o", tmp_path / "full"], "not an empty folder"),
+      (["-i", source_tree, "-o", tmp_path / "o1", "-m", "nope.py"], "-m nope.py"),
+      (["-i", source_tree, "-o", tmp_path / "o2", "--verify=--x"], "needs -m"),
+  ]
+  for argv, message in cases:
+    assert _convert(*argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+  with pytest.raises(SystemExit) as exit_info:
+    _convert("-o", tmp_path / "o3")
+  assert exit_info.value.code == 2, "-i is required"
+
+
+def test_long_forms_and_module_entry_point(source_tree, tmp_path):
+  out = tmp_path / "out"
+  process = subprocess.run(
+      [sys.executable, "-m", "migration.convert", "--input=%s" % (source_tree / "train.py"),
+       "--output=%s" % out, "--report=%s" % (tmp_path / "rep")],
+      cwd=conftest.REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+      universal_newlines=True)
+  assert process.returncode == 0, process.stdout
+  assert os.listdir(str(out)) == ["train.py"]
+  assert "Converted 1 files into" in process.stdout
