@@ -4,7 +4,8 @@
 #   bash setup.sh --stack=tf1    # TF 1.15.5 on Python 3.7   -> .venv-tf1
 #   bash setup.sh --stack=tf2    # TF 2.15.1 on Python 3.9-3.11 -> .venv-tf2
 # STACK=tf1|tf2 in the environment does the same as --stack. Prints the venv's python path
-# as its last line. Re-running is cheap: the install is skipped while requirements match.
+# as its last line. Re-running is cheap: the install is skipped while requirements and
+# pyproject.toml match. The project is installed editable (`import migration` works anywhere).
 set -euo pipefail
 cd "$(dirname "$0")"
 stack="${STACK:-auto}"
@@ -42,12 +43,14 @@ esac
 
 venv=".venv-$stack"
 stamp="$venv/.requirements.sha256"
-want=$(sha256sum "$requirements" | cut -d' ' -f1)
+want=$(cat "$requirements" pyproject.toml | sha256sum | cut -d' ' -f1)
 if [ ! -x "$venv/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "setup.sh: creating $venv with $python_bin ($requirements)" >&2
   "$python_bin" -m venv "$venv"
   "$venv/bin/python" -m pip install --quiet --upgrade pip >&2 || true
   "$venv/bin/python" -m pip install --quiet -r "$requirements" >&2
+  # the project itself, editable; -qq hides setuptools' "editable installation" notice, not errors
+  "$venv/bin/python" -m pip install --quiet --quiet --no-deps -e . >&2
   "$venv/bin/python" -c "import tensorflow as tf; print('setup.sh: TensorFlow', tf.__version__)" >&2
   echo "$want" > "$stamp"
 fi

@@ -20,7 +20,7 @@ from migration import run_config as run_config_lib
 from migration import runtime
 from migration import session as session_lib
 
-_TPU = tf.estimator.tpu
+_TPU = tf_root.compat.v1.estimator.tpu
 # Pure-Python value classes of the TPU Estimator: kept as they are (they validate their
 # arguments as on a TPU); the RunConfig below reads what applies off the TPU.
 TPUConfig = _TPU.TPUConfig
@@ -123,7 +123,6 @@ def _estimator(model_fn, model_dir, config, params, warm_start_from, batch_sizes
                      % (model_dir, config.model_dir))
   if model_dir and not config.model_dir:
     config = config.replace(model_dir=model_dir)
-  params = dict(params or {}, loss_scale=settings.loss_scale)
   compute_dtype = precision.compute_dtype(settings.backend, settings.npu_opts.precision_mode)
   estimator = estimator_lib.create_estimator(
       _float32_features(model_fn, compute_dtype), config, params,
@@ -207,12 +206,27 @@ class TPUClusterResolver(object):
 
 # --- Training ----------------------------------------------------------------------------------
 
-CrossShardOptimizer = optimizers.cross_shard_optimizer
+def CrossShardOptimizer(opt, reduction="mean", name=None, group_assignment=None):  # pylint: disable=invalid-name
+  """tf.tpu.CrossShardOptimizer: NPUDistributedOptimizer when several NPU devices train, a
+  pass-through on one; where TPU code wraps its optimizer, so loss scaling
+  (MIGRATION_LOSS_SCALE; auto: dynamic for fp16) is applied here too."""
+  settings = runtime.settings()
+  optimizer = optimizers.cross_shard_optimizer(opt, reduction, name, group_assignment,
+                                               settings.backend)
+  manager = optimizers.loss_scale_manager(settings.loss_scale, settings.backend)
+  return optimizer if manager is None else LossScaleOptimizer(optimizer, manager)
+
+
+def _float32_variables(getter, *args, **kwargs):
+  if kwargs.get("dtype") == tf.bfloat16:
+    kwargs["dtype"] = tf.float32
+  return getter(*args, **kwargs)
 
 
 def bfloat16_scope(name=None):
   """tf.tpu.bfloat16_scope where this run computes bfloat16 (MIGRATION_PRECISION_MODE on a
-  backend that has it), else a plain variable scope of the same name: float32, logged."""
+  backend that has it). Elsewhere a scope of the same name whose bfloat16 variables are
+  float32, as the TPU stores them: the model runs float32 (logged), same checkpoints."""
   settings = runtime.settings()
   dtype = precision.compute_dtype(settings.backend, settings.npu_opts.precision_mode)
   if dtype == "bfloat16":
@@ -220,7 +234,7 @@ def bfloat16_scope(name=None):
   logging.log_first_n(logging.INFO, "tf.tpu.bfloat16_scope: this run computes %s "
                       "(precision_mode=%s on %s)", 1, dtype, settings.npu_opts.precision_mode,
                       settings.backend.device)
-  return tf.variable_scope(name or "")
+  return tf.variable_scope(name or "", custom_getter=_float32_variables)
 
 
 def cross_replica_sum(x, group_assignment=None, name=None):
