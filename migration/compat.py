@@ -12,6 +12,10 @@ import re
 import tensorflow as tf_root
 import tensorflow.compat.v1 as tf
 from absl import logging
+# The modules behind tf.compat.v1.estimator.tpu (same on TF 1.15 and 2.x), imported
+# directly: through the public name TF 1.15 logs a deprecation warning per attribute.
+from tensorflow_estimator.python.estimator.tpu import tpu_config as _tpu_config
+from tensorflow_estimator.python.estimator.tpu import tpu_estimator as _tpu_estimator
 
 from migration import estimator as estimator_lib
 from migration import optimizers
@@ -20,11 +24,10 @@ from migration import run_config as run_config_lib
 from migration import runtime
 from migration import session as session_lib
 
-_TPU = tf_root.compat.v1.estimator.tpu
 # Pure-Python value classes of the TPU Estimator: kept as they are (they validate their
 # arguments as on a TPU); the RunConfig below reads what applies off the TPU.
-TPUConfig = _TPU.TPUConfig
-InputPipelineConfig = _TPU.InputPipelineConfig
+TPUConfig = _tpu_config.TPUConfig
+InputPipelineConfig = _tpu_config.InputPipelineConfig
 
 
 def _backend():
@@ -170,7 +173,7 @@ def TPUEstimatorSpec(*args, **kwargs):  # pylint: disable=invalid-name
   """tf.estimator.tpu.TPUEstimatorSpec (same arguments, same checks) as the backend's
   EstimatorSpec: eval_metrics -> eval_metric_ops, scaffold_fn -> scaffold, host_call ->
   summaries written on the host (NPUEstimatorSpec's host_call on the NPU)."""
-  spec = _TPU.TPUEstimatorSpec(*args, **kwargs)
+  spec = _tpu_estimator.TPUEstimatorSpec(*args, **kwargs)
   return estimator_lib.convert_spec(spec, spec.mode, _backend())
 
 

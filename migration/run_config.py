@@ -115,9 +115,13 @@ _FORWARDED_TO_NPU_RUN_CONFIG = (
 
 def to_backend(config, backend, npu_opts=NPU_DEFAULTS):
   """Any tf.estimator.RunConfig (a TPU RunConfig included) -> the RunConfig of `backend`
-  with the same settings: NPURunConfig carrying `npu_opts` on the NPU, the same config
-  with precision applied to its session config elsewhere. Validates `npu_opts` first."""
+  with the same settings: NPURunConfig carrying `npu_opts` on the NPU (an NPURunConfig is
+  kept as it is), the same config with precision applied to its session config elsewhere.
+  Validates `npu_opts` first."""
   validation.check_npu_options(npu_opts)
+  if backend.is_npu and isinstance(
+      config, backend.npu_module("estimator.npu.npu_config").NPURunConfig):
+    return config
   session = adapt_session_config(config.session_config, backend, npu_opts.precision_mode)
   if not backend.is_npu:
     _log_npu_only_options(backend, npu_opts)

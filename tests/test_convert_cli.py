@@ -150,3 +150,79 @@ def test_long_forms_and_module_entry_point(source_tree, tmp_path):
   assert process.returncode == 0, process.stdout
   assert os.listdir(str(out)) == ["train.py"]
   assert "Converted 1 files into" in process.stdout
+
+
+TINY_TPU_TRAINER = '''"""A minimal TPUEstimator trainer, as TPU users write them."""
+from absl import app
+from absl import flags
+import numpy as np
+import tensorflow.compat.v1 as tf
+
+flags.DEFINE_string("model_dir", None, "Checkpoints.")
+flags.DEFINE_integer("train_steps", 2, "Steps.")
+flags.DEFINE_bool("use_tpu", True, "Use TPUs rather than plain CPUs.")
+flags.DEFINE_bool("fail", False, "Crash after building the estimator.")
+FLAGS = flags.FLAGS
+
+
+def input_fn(params):
+  x = np.random.RandomState(0).rand(64, 4).astype(np.float32)
+  y = (x.sum(axis=1) > 2).astype(np.int32)
+  return tf.data.Dataset.from_tensor_slices((x, y)).repeat().batch(params["batch_size"])
+
+
+def model_fn(features, labels, mode, params):
+  logits = tf.layers.dense(features, 2)
+  loss = tf.losses.sparse_softmax_cross_entropy(labels, logits)
+  optimizer = tf.train.GradientDescentOptimizer(0.1)
+  if FLAGS.use_tpu:
+    optimizer = tf.tpu.CrossShardOptimizer(optimizer)
+  train_op = optimizer.minimize(loss, tf.train.get_global_step())
+  return tf.estimator.tpu.TPUEstimatorSpec(mode, loss=loss, train_op=train_op)
+
+
+def main(_):
+  resolver = tf.distribute.cluster_resolver.TPUClusterResolver(FLAGS.tpu if False else "")
+  config = tf.estimator.tpu.RunConfig(
+      cluster=resolver, model_dir=FLAGS.model_dir,
+      tpu_config=tf.estimator.tpu.TPUConfig(iterations_per_loop=1, num_shards=8))
+  estimator = tf.estimator.tpu.TPUEstimator(model_fn=model_fn, config=config,
+                                            use_tpu=FLAGS.use_tpu, train_batch_size=16)
+  if FLAGS.fail:
+    raise RuntimeError("the script's own failure")
+  estimator.train(input_fn, max_steps=FLAGS.train_steps)
+
+
+if __name__ == "__main__":
+  app.run(main)
+'''
+
+
+@pytest.fixture
+def trainer_tree(tmp_path):
+  root = tmp_path / "trainer"
+  root.mkdir()
+  (root / "train.py").write_text(TINY_TPU_TRAINER)
+  return root
+
+
+def test_verify_trains_on_cpu_and_on_the_npu_double(trainer_tree, tmp_path, capsys):
+  rep = tmp_path / "rep"
+  status = _convert("-i", trainer_tree, "-o", tmp_path / "out", "-r", rep, "-m", "train.py",
+                    "--verify=--model_dir={run}/model --train_steps=2")
+  out = capsys.readouterr().out
+  assert status == 0, out
+  assert re.search(r"verify \(cpu\): Estimator \+ RunConfig; trained to step 2 \(checkpoint "
+                   r".*/verify/cpu/model/model\.ckpt\)", out)
+  assert re.search(r"verify \(npu_bridge double\): NPUEstimator \+ NPURunConfig; trained to "
+                   r"step 2 \(checkpoint .*/verify/npu_bridge_double/model/model\.ckpt\)", out)
+  assert "Saving checkpoints for 2 into" in (rep / "verify_cpu.log").read_text()
+
+
+def test_verify_reports_a_failing_run_and_exits_1(trainer_tree, tmp_path, capsys):
+  status = _convert("-i", trainer_tree, "-o", tmp_path / "out", "-r", tmp_path / "rep",
+                    "-m", "train.py", "--verify=--model_dir={run}/model --fail")
+  out = capsys.readouterr().out
+  assert status == 1
+  assert ("verify (cpu): Estimator + RunConfig; FAILED (exit 1): RuntimeError: the script's "
+          "own failure") in out

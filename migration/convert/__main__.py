@@ -2,10 +2,13 @@
 
 Ports TPU (and GPU/Horovod) TensorFlow code onto the migration runtime, so the result runs
 on an Ascend NPU through npu_bridge and unchanged on CPU/GPU. The command line is that of
-Huawei's convert_tf2npu (migration_tool.md §1): -i/--input is required, the output and
+Huawei's convert_tf2npu: -i/--input is required, the output and
 report folders may not lie inside the input, only .py files are rewritten and everything
 else is copied, the input is never modified. Unlike it, OUT and REPORT are the folders
 themselves (no timestamped subfolder), so `diff -r SRC OUT` compares the trees directly.
+
+Converted scripts take the backend options from MIGRATION_* environment variables
+(MIGRATION_DEVICE, MIGRATION_PRECISION_MODE, ...; see migration/runtime.py).
 
 Exit status: 0 when everything converted (and verified, with --verify), 1 when anything
 could not be converted or a verification run failed, 2 for bad arguments.
@@ -30,6 +33,7 @@ class UsageError(Exception):
 def _parser():
   parser = argparse.ArgumentParser(
       prog="python -m migration.convert", description=__doc__.split("\n\n")[1],
+      epilog="\n\n".join(__doc__.split("\n\n")[2:]),
       formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("-i", "--input", required=True,
                       help="folder (or one .py file) of the TPU scripts; never modified")
@@ -41,7 +45,7 @@ def _parser():
                       "by --verify")
   parser.add_argument("--verify", metavar="ARGS", help="after converting, run MAIN with "
                       "ARGS on the CPU and with the npu_bridge test double; {run} in ARGS "
-                      "becomes a fresh folder per run")
+                      "becomes a fresh folder per run. Write --verify=\"--flag=x ...\"")
   parser.add_argument("--verify_timeout", type=int, default=1800,
                       help="seconds each verification run may take")
   return parser

@@ -9,6 +9,7 @@ second run does not resume from the first one's checkpoint).
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 
@@ -44,7 +45,8 @@ def run(main_script, output_root, args, report_dir, timeout):
   package_root = os.path.dirname(os.path.dirname(os.path.abspath(migration.__file__)))
   for name, variables, extra_path in RUNS:
     run_dir = os.path.join(os.path.abspath(report_dir), "verify", name.replace(" ", "_"))
-    os.makedirs(run_dir, exist_ok=True)
+    shutil.rmtree(run_dir, ignore_errors=True)  # a fresh start, not a resumed earlier run
+    os.makedirs(run_dir)
     env = dict(os.environ, **variables)
     env["PYTHONPATH"] = os.pathsep.join(
         list(extra_path) + [os.path.abspath(output_root), package_root] +
