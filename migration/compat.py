@@ -339,8 +339,11 @@ dropout = dropout_v1 if tf_root.__version__.startswith("1.") else dropout_v2
 
 
 def drop_remainder(value):
-  """A batch's `drop_remainder`: True on the NPU (static shapes), `value` elsewhere."""
-  return True if _backend().is_npu else value
+  """A batch's `drop_remainder`: True on the NPU (static shapes: a last, smaller batch is
+  dropped there), `value` elsewhere. A value that is no bool is returned as it is: the
+  converter wraps the second argument of any `.batch(...)` method call, and not every
+  such method is a Dataset's."""
+  return True if _backend().is_npu and isinstance(value, bool) else value
 
 
 def shard_count(num_shards):

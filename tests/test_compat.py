@@ -220,3 +220,8 @@ def test_loss_scale_classes_skip_non_finite_steps_on_cpu(migration_env):
     sess.run(tf.global_variables_initializer())
     sess.run(train)
     assert sess.run([var, step]) == [1.0, 0]
+
+
+def test_drop_remainder_only_changes_bools(migration_env, npu_double):
+  migration_env(MIGRATION_DEVICE="npu")
+  assert compat.drop_remainder(32) == 32, "a batch(x, 32) of something not a Dataset"

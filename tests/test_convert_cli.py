@@ -226,3 +226,14 @@ def test_verify_reports_a_failing_run_and_exits_1(trainer_tree, tmp_path, capsys
   assert status == 1
   assert ("verify (cpu): Estimator + RunConfig; FAILED (exit 1): RuntimeError: the script's "
           "own failure") in out
+
+
+def test_a_utf8_bom_is_kept(tmp_path):
+  source = tmp_path / "src"
+  source.mkdir()
+  (source / "bom.py").write_bytes(b"\xef\xbb\xbfimport tensorflow.compat.v1 as tf\n"
+                                  b"opt = tf.tpu.CrossShardOptimizer(opt)\n")
+  assert _convert("-i", source, "-o", tmp_path / "out", "-r", tmp_path / "rep") == 0
+  assert (tmp_path / "out" / "bom.py").read_bytes() == (
+      b"\xef\xbb\xbfimport tensorflow.compat.v1 as tf\nimport migration.compat\n"
+      b"opt = migration.compat.CrossShardOptimizer(opt)\n")

@@ -872,3 +872,112 @@ def test_python2_source_is_a_parse_error():
     rewrite.convert_source(source)
   assert raised.value.line == 6
   assert "print" in raised.value.message
+
+
+# --- regressions found on further tensorflow/tpu and BERT code ---
+
+
+def test_relative_and_star_imports_are_kept():
+  result = convert("""
+      from . import helper
+      from .layers import conv
+      from os.path import *
+      import tensorflow.compat.v1 as tf
+
+      opt = tf.tpu.CrossShardOptimizer(helper.optimizer(conv, join))
+      """, """
+      from . import helper
+      from .layers import conv
+      from os.path import *
+      import tensorflow.compat.v1 as tf
+      import migration.compat
+
+      opt = migration.compat.CrossShardOptimizer(helper.optimizer(conv, join))
+      """)
+  assert "remove-import" not in rules(result)
+
+
+@pytest.mark.parametrize("module", [
+    "tensorflow.contrib.tpu.python.tpu.tpu_optimizer", "tensorflow.python.tpu.tpu_optimizer"])
+def test_internal_tpu_optimizer_module(module):
+  convert("""
+      from %s import tpu_optimizer
+
+      opt = tpu_optimizer.CrossShardOptimizer(opt)
+      """ % module.rsplit(".", 1)[0], """
+      import migration.compat
+
+      opt = migration.compat.CrossShardOptimizer(opt)
+      """)
+
+
+def test_contrib_tpu_tpu_spelling():
+  convert("""
+      from tensorflow.contrib import tpu as contrib_tpu
+
+      spec = contrib_tpu.tpu.TPUEstimatorSpec(mode=mode, loss=loss)
+      """, """
+      import migration.compat
+
+      spec = migration.compat.TPUEstimatorSpec(mode=mode, loss=loss)
+      """)
+
+
+def test_tpu_classes_used_as_classes_are_reported_not_renamed():
+  source = code("""
+      import tensorflow.compat.v1 as tf
+
+
+      class GANEstimator(tf.estimator.tpu.TPUEstimator):
+        pass
+
+
+      def check(spec):
+        assert isinstance(spec, (dict, tf.estimator.tpu.TPUEstimatorSpec))
+        return tf.estimator.tpu.TPUEstimatorSpec(mode="train", loss=spec)
+      """)
+  result = rewrite.convert_source(source)
+  assert "class GANEstimator(tf.estimator.tpu.TPUEstimator):" in result.source
+  assert "isinstance(spec, (dict, tf.estimator.tpu.TPUEstimatorSpec))" in result.source
+  assert "return migration.compat.TPUEstimatorSpec(" in result.source
+  assert [(p.line, p.api, p.manual) for p in result.problems] == [
+      (4, "tf.estimator.tpu.TPUEstimator", True),
+      (9, "tf.estimator.tpu.TPUEstimatorSpec", True)]
+
+
+def test_import_goes_before_the_first_module_level_statement():
+  convert("""
+      import tensorflow as tf
+      RESOLVER = tf.distribute.cluster_resolver.TPUClusterResolver("")
+      import os
+      """, """
+      import tensorflow as tf
+      import migration.compat
+      RESOLVER = migration.compat.TPUClusterResolver("")
+      import os
+      """)
+
+
+def test_import_not_inserted_into_a_semicolon_line():
+  result = rewrite.convert_source(code("""
+      import os
+      import tensorflow as tf; opt = tf.tpu.CrossShardOptimizer(opt)
+      """))
+  compile(result.source, "converted", "exec")
+  assert result.source.startswith("import os\nimport migration.compat\n")
+
+
+def test_padded_batch_gets_drop_remainder():
+  convert("""
+      dataset = dataset.padded_batch(8, shapes)
+      """, """
+      import migration.compat
+      dataset = dataset.padded_batch(8, shapes, drop_remainder=migration.compat.drop_remainder(False))
+      """)
+
+
+def test_star_import_from_a_tpu_module_is_reported():
+  result = rewrite.convert_source("from tensorflow.contrib.tpu import *\n\nx = TPUEstimator()\n")
+  assert result.source == "from tensorflow.contrib.tpu import *\n\nx = TPUEstimator()\n"
+  assert [(p.line, p.api) for p in result.problems] == [
+      (1, "from tensorflow.contrib.tpu import *")]

@@ -23,6 +23,7 @@ from migration.convert import report
 from migration.convert import rewrite
 from migration.convert import verify
 
+_BOM = "\ufeff"
 _MAX_BYTES = 10 * 1024 * 1024  # as convert_tf2npu: larger .py files are copied, with a warning
 
 
@@ -105,7 +106,10 @@ def convert_tree(root, files, output):
     try:
       with open(source_path, encoding="utf-8") as f:
         sources[path] = f.read()
-      result = rewrite.convert_source(sources[path])
+      bom = sources[path][:1] == _BOM  # kept on output; pasta cannot parse it
+      result = rewrite.convert_source(sources[path][int(bom):])
+      if bom:
+        result = result._replace(source=_BOM + result.source)
     except (rewrite.ParseError, UnicodeDecodeError) as error:
       if isinstance(error, UnicodeDecodeError):
         error = rewrite.ParseError("?", "not UTF-8 text")

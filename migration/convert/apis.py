@@ -19,34 +19,32 @@ _PACKAGES = (
     ("tensorflow_estimator.compat.v1", "v1"), ("tensorflow_estimator.compat.v2", "v2"),
     ("tensorflow_estimator", ""), ("tensorflow", ""))
 
-# Module paths that hold the same names as a public one. Longest match wins.
+# Module paths that hold the same names as a public one, applied until none matches (the
+# longest match first): `contrib.tpu.python.tpu.tpu_optimizer.X` -> `tpu.tpu_optimizer.X`
+# -> `tpu.X`.
 _MODULE_ALIASES = {
-    "python.tpu.tpu_estimator": "estimator.tpu",
-    "python.tpu.tpu_config": "estimator.tpu",
-    "python.estimator.tpu.tpu_estimator": "estimator.tpu",
-    "python.estimator.tpu.tpu_config": "estimator.tpu",
-    "python.estimator.tpu": "estimator.tpu",
     "python.estimator.estimator": "estimator",
     "python.estimator": "estimator",
-    "contrib.tpu.python.tpu.tpu_estimator": "estimator.tpu",
-    "contrib.tpu.python.tpu.tpu_config": "estimator.tpu",
-    "contrib.tpu.python.tpu.async_checkpoint": "tpu.async_checkpoint",
-    "contrib.tpu.python.tpu.tpu_function": "tpu.tpu_function",
-    "contrib.tpu.python.tpu": "tpu",
-    "contrib.tpu.python.ops.tpu_ops": "tpu",
-    "contrib.tpu": "tpu",
-    "python.tpu.async_checkpoint": "tpu.async_checkpoint",
-    "python.tpu.tpu_function": "tpu.tpu_function",
-    "python.tpu.ops.tpu_ops": "tpu",
-    "python.tpu.tpu_optimizer": "tpu",
-    "python.tpu.bfloat16": "tpu",
-    "python.tpu.tpu": "tpu",
     "python.tpu": "tpu",
-    "contrib.cluster_resolver": "distribute.cluster_resolver",
-    "python.distribute.cluster_resolver.tpu.tpu_cluster_resolver": "distribute.cluster_resolver",
-    "python.distribute.cluster_resolver.tpu_cluster_resolver": "distribute.cluster_resolver",
     "python.distribute.cluster_resolver": "distribute.cluster_resolver",
+    "contrib.tpu.python.tpu": "tpu",
+    "contrib.tpu.python.ops": "tpu.ops",
+    "contrib.tpu": "tpu",
+    "contrib.cluster_resolver": "distribute.cluster_resolver",
+    # Modules inside those packages whose names the package exports.
+    "tpu.tpu_estimator": "estimator.tpu",
+    "tpu.tpu_config": "estimator.tpu",
+    "estimator.tpu.tpu_estimator": "estimator.tpu",
+    "estimator.tpu.tpu_config": "estimator.tpu",
+    "tpu.tpu_optimizer": "tpu",
+    "tpu.bfloat16": "tpu",
+    "tpu.ops.tpu_ops": "tpu",
+    "tpu.tpu": "tpu",  # also contrib_tpu.tpu.TPUEstimatorSpec (tensorflow/tpu amoeba_net)
+    "distribute.cluster_resolver.tpu.tpu_cluster_resolver": "distribute.cluster_resolver",
+    "distribute.cluster_resolver.tpu_cluster_resolver": "distribute.cluster_resolver",
 }
+_ESTIMATOR_NAMES = ("TPUEstimator", "TPUEstimatorSpec", "RunConfig", "TPUConfig",
+                    "InputPipelineConfig")
 
 Canonical = collections.namedtuple("Canonical", ["path", "flavor"])
 
@@ -59,11 +57,17 @@ def canonical(dotted):
       break
   else:
     return Canonical(dotted, None)
-  for module in sorted(_MODULE_ALIASES, key=len, reverse=True):
-    if path == module or path.startswith(module + "."):
-      target = _MODULE_ALIASES[module]
-      path = (target + path[len(module):]).lstrip(".")
-      break
+  folded = True
+  while folded:
+    folded = False
+    for module in sorted(_MODULE_ALIASES, key=len, reverse=True):
+      if path == module or path.startswith(module + "."):
+        path = (_MODULE_ALIASES[module] + path[len(module):]).lstrip(".")
+        folded = True
+        break
+  head, _, name = path.rpartition(".")
+  if head == "tpu" and name in _ESTIMATOR_NAMES:  # tf.contrib.tpu held them too
+    path = "estimator.tpu." + name
   return Canonical(path, flavor)
 
 
@@ -74,11 +78,9 @@ def _same(*names):
 
 # Canonical path -> the replacement reference. The replacement has the same signature.
 RENAMES = dict(
-    _same("estimator.tpu.TPUEstimator", "tpu.TPUEstimator", "estimator.Estimator",
-          "estimator.tpu.RunConfig", "tpu.RunConfig",
-          "estimator.tpu.TPUConfig", "tpu.TPUConfig",
-          "estimator.tpu.InputPipelineConfig", "tpu.InputPipelineConfig",
-          "estimator.tpu.TPUEstimatorSpec", "tpu.TPUEstimatorSpec",
+    _same("estimator.tpu.TPUEstimator", "estimator.Estimator", "estimator.tpu.RunConfig",
+          "estimator.tpu.TPUConfig", "estimator.tpu.InputPipelineConfig",
+          "estimator.tpu.TPUEstimatorSpec",
           "distribute.cluster_resolver.TPUClusterResolver",
           "tpu.CrossShardOptimizer", "tpu.bfloat16_scope", "tpu.cross_replica_sum",
           "tpu.tpu_function.get_tpu_context", "tpu.outside_compilation",
@@ -115,11 +117,11 @@ CANNED_ESTIMATORS = tuple("estimator." + kind + role for kind in (
     "Baseline", "BoostedTrees", "DNN", "DNNLinearCombined", "Linear")
                           for role in ("Classifier", "Estimator", "Regressor"))
 
-# `drop_remainder` position in these batching calls; `.batch(...)` is any method call of
+# `drop_remainder` position in these batching calls. The methods are any method call of
 # that name not resolving to a TensorFlow function (tf.train.batch keeps its own).
 MAP_AND_BATCH = ("data.experimental.map_and_batch", "contrib.data.map_and_batch")
-BATCH_DROP_REMAINDER_INDEX = 1
 MAP_AND_BATCH_DROP_REMAINDER_INDEX = 3
+BATCH_METHODS = {"batch": 1, "padded_batch": 3}
 
 # Modules a ported file no longer needs once their names are rewritten; an import of
 # one of them is removed when nothing refers to it any more.

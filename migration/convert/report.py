@@ -23,6 +23,9 @@ def _success_line(path, change):
                                                                   change.before)
   if change.rule == "tpu-only-argument":
     return "%s:%d remove argument %s (TPU only)" % (path, change.line, change.before)
+  if change.rule == "drop-remainder":
+    return "%s:%d change %s to %s (True on the NPU: static shapes, a last partial batch is " \
+           "dropped there)" % (path, change.line, change.before or "batch()", change.after)
   if not change.before:
     return "%s:%d add %s" % (path, change.line, change.after)
   return "%s:%d change %s to %s" % (path, change.line, change.before, change.after)

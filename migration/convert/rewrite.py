@@ -47,7 +47,8 @@ def _is_true(node):
 
 
 def _import_bindings(node):
-  """(bound name, dotted target) for each name an import statement binds."""
+  """(bound name, dotted target) for each alias of an import statement; the target is None
+  where it is unknown here (relative and star imports)."""
   for alias in node.names:
     if isinstance(node, ast.Import):
       if alias.asname:
@@ -55,7 +56,9 @@ def _import_bindings(node):
       else:
         first = alias.name.split(".")[0]
         yield first, first
-    elif not node.level and alias.name != "*":
+    elif node.level or alias.name == "*":
+      yield alias.asname or alias.name, None
+    else:
       yield alias.asname or alias.name, node.module + "." + alias.name
 
 
@@ -69,6 +72,15 @@ def _statement_lists(tree):
       statements = getattr(node, field, None)
       if isinstance(statements, list) and statements and isinstance(statements[0], ast.stmt):
         yield statements
+
+
+_SUBCLASS_WHY = ("a class derived from a TPU class: migration.compat's stand-in is a "
+                 "factory; derive from tf.estimator.Estimator and build its config with "
+                 "migration.compat.RunConfig")
+_ISINSTANCE_WHY = ("a type test against a TPU class: migration.compat's stand-ins return the "
+                   "backend's objects (EstimatorSpec, RunConfig); test against those")
+_STAR_WHY = ("a star import from a TPU module: the names it brings are not seen, so not "
+             "converted; import them by name")
 
 
 class _Rewriter(ast.NodeTransformer):
@@ -132,8 +144,30 @@ class _Rewriter(ast.NodeTransformer):
       self.problems.append(Problem(node.lineno, pasta.dump(node), verdict[1], verdict[0]))
     return node
 
+  def _keep_class(self, node, why):
+    """A TPU class used as a class (a base, an isinstance target): its stand-in is a
+    factory, so it is reported for a hand port instead of renamed."""
+    if self._target(node):
+      self.problems.append(Problem(node.lineno, pasta.dump(node), why, True))
+      return node
+    return self.visit(node)
+
+  def visit_ClassDef(self, node):
+    node.bases = [self._keep_class(base, _SUBCLASS_WHY) for base in node.bases]
+    for field in ("keywords", "body", "decorator_list"):
+      setattr(node, field, [self.visit(child) for child in getattr(node, field)])
+    return node
+
   def visit_Name(self, node):
     return self._reference(node) if isinstance(node.ctx, ast.Load) else node
+
+  def visit_ImportFrom(self, node):
+    if not node.level and any(alias.name == "*" for alias in node.names):
+      name = apis.canonical(node.module)
+      if apis.ported_away(name) or apis.unsupported(name):
+        self.problems.append(Problem(node.lineno, "from %s import *" % node.module, _STAR_WHY,
+                                     False))
+    return node
 
   def visit_Attribute(self, node):
     if _dotted(node) is None:
@@ -184,6 +218,17 @@ class _Rewriter(ast.NodeTransformer):
     call.keywords = kept
 
   def visit_Call(self, node):
+    if (isinstance(node.func, ast.Name) and node.func.id in ("isinstance", "issubclass") and
+        len(node.args) == 2):
+      classes = node.args[1]
+      elements = classes.elts if isinstance(classes, ast.Tuple) else [classes]
+      checked = [self._keep_class(element, _ISINSTANCE_WHY) for element in elements]
+      if isinstance(classes, ast.Tuple):
+        classes.elts = checked
+      else:
+        node.args[1] = checked[0]
+      node.args[0] = self.visit(node.args[0])
+      return node
     qualified = self._qualified(node.func)
     name = apis.canonical(qualified) if qualified else None
     method = node.func.attr if qualified is None and isinstance(node.func,
@@ -192,7 +237,7 @@ class _Rewriter(ast.NodeTransformer):
     compat = apis.COMPAT + "."
     if name is not None and name.flavor is not None:
       path = name.path
-      if path in ("estimator.tpu.TPUEstimator", "tpu.TPUEstimator"):
+      if path == "estimator.tpu.TPUEstimator":
         self._drop_tpu_arguments(node)
       elif path in apis.SESSION_CONFIG_INDEX:
         self._wrap_argument(node, "config", apis.SESSION_CONFIG_INDEX[path],
@@ -205,8 +250,8 @@ class _Rewriter(ast.NodeTransformer):
       elif path in apis.MAP_AND_BATCH:
         self._wrap_argument(node, "drop_remainder", apis.MAP_AND_BATCH_DROP_REMAINDER_INDEX,
                             compat + "drop_remainder", "drop-remainder", default="False")
-    elif method == "batch":
-      self._wrap_argument(node, "drop_remainder", apis.BATCH_DROP_REMAINDER_INDEX,
+    elif method in apis.BATCH_METHODS:
+      self._wrap_argument(node, "drop_remainder", apis.BATCH_METHODS[method],
                           compat + "drop_remainder", "drop-remainder", default="False")
     elif method == "shard":
       self._wrap_argument(node, "num_shards", 0, compat + "shard_count", "shard-by-rank")
@@ -222,8 +267,8 @@ def _remove_imports(tree, bindings_before_use, used_after, changes):
         continue
       kept = [alias for alias, (bound, target) in zip(statement.names,
                                                        _import_bindings(statement))
-              if not (bound in bindings_before_use and bound not in used_after and
-                      apis.ported_away(apis.canonical(target)))]
+              if target is None or bound not in bindings_before_use or bound in used_after or
+              not apis.ported_away(apis.canonical(target))]
       if len(kept) == len(statement.names):
         continue
       changes.append(Change(statement.lineno, "remove-import", pasta.dump(statement).strip(),
@@ -247,23 +292,23 @@ def _remove_imports(tree, bindings_before_use, used_after, changes):
 
 
 def _add_imports(tree, modules, changes):
-  """`import migration.compat` (and .horovod) after the module's leading imports."""
+  """`import migration.compat` (and .horovod) after the imports the module starts with."""
   present = {alias.name for node in tree.body if isinstance(node, ast.Import)
              for alias in node.names}
   position = 0
   for index, node in enumerate(tree.body):
-    if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+    docstring = index == 0 and isinstance(node, ast.Expr) and isinstance(
+        getattr(node.value, "value", node.value), (str, ast.Str))
+    if not (docstring or isinstance(node, (ast.Import, ast.ImportFrom))):
       break
-    if isinstance(node, (ast.Import, ast.ImportFrom)) or (
-        index == 0 and isinstance(node, ast.Expr) and isinstance(
-            getattr(node.value, "value", node.value), (str, ast.Str))):
+    if "\n" in (formatting.get(node, "suffix") or "\n"):  # not `import a; b = 1`
       position = index + 1
   for module in sorted(modules - present, reverse=True):
     statement = pasta.parse("import %s\n" % module).body[0]
     formatting.set(statement, "suffix", "\n")
     tree.body.insert(position, statement)
-    changes.append(Change(getattr(tree.body[position - 1], "lineno", 0) + 1 if position else 1,
-                          "add-import", "", "import %s" % module))
+    line = tree.body[position - 1].lineno + 1 if position else 1
+    changes.append(Change(line, "add-import", "", "import %s" % module))
 
 
 def convert_source(source):
@@ -276,9 +321,9 @@ def convert_source(source):
     raise ParseError(getattr(error, "lineno", "?"), "%s: %s" % (type(error).__name__, error))
   if pasta.dump(tree) != source:
     raise ParseError("?", "pasta cannot print this file back unchanged; left as it is")
-  bindings = dict(binding for node in ast.walk(tree)
-                  if isinstance(node, (ast.Import, ast.ImportFrom))
-                  for binding in _import_bindings(node))
+  bindings = {bound: target for node in ast.walk(tree)
+              if isinstance(node, (ast.Import, ast.ImportFrom))
+              for bound, target in _import_bindings(node) if target is not None}
   used_before = _names_used(tree)
   rewriter = _Rewriter(bindings)
   tree = rewriter.visit(tree)
