@@ -122,7 +122,9 @@ class _Rewriter(ast.NodeTransformer):
 
   def _reference(self, node):
     """A name or attribute chain: the innermost part with a rule is replaced; a TPU API
-    with none is reported."""
+    with none is reported. Assignment targets are left alone."""
+    if not isinstance(getattr(node, "ctx", ast.Load()), ast.Load):
+      return node
     chain = []
     part = node
     while isinstance(part, ast.Attribute):
@@ -140,7 +142,7 @@ class _Rewriter(ast.NodeTransformer):
         return node
     qualified = self._qualified(node)
     verdict = qualified and apis.unsupported(apis.canonical(qualified))
-    if verdict and isinstance(getattr(node, "ctx", None), ast.Load):
+    if verdict:
       self.problems.append(Problem(node.lineno, pasta.dump(node), verdict[1], verdict[0]))
     return node
 
@@ -159,7 +161,7 @@ class _Rewriter(ast.NodeTransformer):
     return node
 
   def visit_Name(self, node):
-    return self._reference(node) if isinstance(node.ctx, ast.Load) else node
+    return self._reference(node)
 
   def visit_ImportFrom(self, node):
     if not node.level and any(alias.name == "*" for alias in node.names):
