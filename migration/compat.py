@@ -240,6 +240,18 @@ def bfloat16_scope(name=None):
   return tf.variable_scope(name or "", custom_getter=_float32_variables)
 
 
+def bfloat16_or_float32():
+  """tf.bfloat16 as the dtype of a hand-written cast in TPU code: itself where this run
+  computes bfloat16, else float32 (logged), so the model runs as bfloat16_scope's does."""
+  settings = runtime.settings()
+  dtype = precision.compute_dtype(settings.backend, settings.npu_opts.precision_mode)
+  if dtype != "bfloat16":
+    logging.log_first_n(logging.INFO, "casts to bfloat16 run as float32 here (precision_mode"
+                        "=%s on %s)", 1, settings.npu_opts.precision_mode,
+                        settings.backend.device)
+  return tf.bfloat16 if dtype == "bfloat16" else tf.float32
+
+
 def cross_replica_sum(x, group_assignment=None, name=None):
   """tpu_ops.cross_replica_sum: an HCCL allreduce over the NPU ranks; identity on one."""
   if group_assignment is not None:

@@ -225,3 +225,12 @@ def test_loss_scale_classes_skip_non_finite_steps_on_cpu(migration_env):
 def test_drop_remainder_only_changes_bools(migration_env, npu_double):
   migration_env(MIGRATION_DEVICE="npu")
   assert compat.drop_remainder(32) == 32, "a batch(x, 32) of something not a Dataset"
+
+
+def test_bfloat16_casts_follow_the_compute_dtype(migration_env):
+  settings = migration_env(MIGRATION_DEVICE="cpu")
+  assert compat.bfloat16_or_float32() == tf.float32
+  settings = migration_env(MIGRATION_PRECISION_MODE="allow_fp32_to_bf16")
+  expected = precision.compute_dtype(settings.backend, "allow_fp32_to_bf16")
+  assert compat.bfloat16_or_float32() == (tf.bfloat16 if expected == "bfloat16"
+                                          else tf.float32)

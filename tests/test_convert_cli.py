@@ -237,3 +237,10 @@ def test_a_utf8_bom_is_kept(tmp_path):
   assert (tmp_path / "out" / "bom.py").read_bytes() == (
       b"\xef\xbb\xbfimport tensorflow.compat.v1 as tf\nimport migration.compat\n"
       b"opt = migration.compat.CrossShardOptimizer(opt)\n")
+
+
+def test_main_is_looked_up_in_the_input_first(source_tree, tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  (tmp_path / "train.py").write_text("# a different train.py in the working folder\n")
+  assert _convert("-i", source_tree, "-o", tmp_path / "out", "-r", tmp_path / "rep",
+                  "-m", "train.py") == 1  # 1: pkg/legacy.py does not parse; not 2

@@ -981,3 +981,29 @@ def test_star_import_from_a_tpu_module_is_reported():
   assert result.source == "from tensorflow.contrib.tpu import *\n\nx = TPUEstimator()\n"
   assert [(p.line, p.api) for p in result.problems] == [
       (1, "from tensorflow.contrib.tpu import *")]
+
+
+def test_hand_written_bfloat16_casts_follow_the_run():
+  result = convert("""
+      import tensorflow.compat.v1 as tf
+
+      images = tf.cast(images, dtype=tf.bfloat16)
+      pixels = tf.image.convert_image_dtype(image, tf.bfloat16 if half else tf.float32)
+
+
+      def getter(getter, *args, **kwargs):
+        if kwargs['dtype'] == tf.bfloat16:
+          return tf.cast(getter(*args, **kwargs), tf.bfloat16)
+      """, """
+      import tensorflow.compat.v1 as tf
+      import migration.compat
+
+      images = tf.cast(images, dtype=migration.compat.bfloat16_or_float32())
+      pixels = tf.image.convert_image_dtype(image, migration.compat.bfloat16_or_float32() if half else tf.float32)
+
+
+      def getter(getter, *args, **kwargs):
+        if kwargs['dtype'] == tf.bfloat16:
+          return tf.cast(getter(*args, **kwargs), migration.compat.bfloat16_or_float32())
+      """)
+  assert rules(result).count("compute-dtype") == 3

@@ -77,7 +77,8 @@ def _check(args):
                      % output)
   main = None
   if args.main:
-    main = args.main if os.path.isfile(args.main) else os.path.join(root, args.main)
+    inside = os.path.join(root, args.main)
+    main = inside if os.path.isfile(inside) else args.main
     if not os.path.isfile(main) or not _inside(main, root):
       raise UsageError("-m %s: not a file inside the input %s" % (args.main, source))
   if args.verify is not None and main is None:

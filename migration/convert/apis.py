@@ -123,6 +123,14 @@ MAP_AND_BATCH = ("data.experimental.map_and_batch", "contrib.data.map_and_batch"
 MAP_AND_BATCH_DROP_REMAINDER_INDEX = 3
 BATCH_METHODS = {"batch": 1, "padded_batch": 3}
 
+# Casts (dtype argument: keyword, or positional at this index) in whose dtype `tf.bfloat16`
+# becomes migration.compat.bfloat16_or_float32(): TPU models cast activations to bf16 by
+# hand; where the run does not compute bf16 they stay float32. Comparisons with
+# tf.bfloat16 (custom getters) are left alone.
+CASTS = {"cast": 1, "dtypes.cast": 1, "saturate_cast": 1, "dtypes.saturate_cast": 1,
+         "image.convert_image_dtype": 1}
+BFLOAT16 = ("bfloat16", "dtypes.bfloat16")
+
 # Modules a ported file no longer needs once their names are rewritten; an import of
 # one of them is removed when nothing refers to it any more.
 PORTED_AWAY = ("tpu", "estimator.tpu", "distribute.cluster_resolver")

@@ -74,6 +74,19 @@ def _statement_lists(tree):
         yield statements
 
 
+class _Replace(ast.NodeTransformer):
+  """Replaces the names and attribute chains `match` accepts by `make(node)`."""
+
+  def __init__(self, match, make):
+    self._match = match
+    self._make = make
+
+  def _visit(self, node):
+    return self._make(node) if self._match(node) else self.generic_visit(node)
+
+  visit_Name = visit_Attribute = _visit
+
+
 _SUBCLASS_WHY = ("a class derived from a TPU class: migration.compat's stand-in is a "
                  "factory; derive from tf.estimator.Estimator and build its config with "
                  "migration.compat.RunConfig")
@@ -114,11 +127,15 @@ class _Rewriter(ast.NodeTransformer):
       target = "%s.%s" % (apis.COMPAT, apis.TPU_PROFILER_HOOK)
     return target
 
-  def _new(self, target, place):
-    """`target` parsed, at the position of node `place`: pasta prints a call's arguments
-    in the order of their positions."""
-    self.modules_used.add(target.rsplit(".", 1)[0])
-    return ast.copy_location(_expression(target), place)
+  def _new(self, target, place, replaces=True):
+    """`target` parsed, at the position of node `place` (pasta prints a call's arguments in
+    the order of their positions), with its white space when it `replaces` it."""
+    self.modules_used.add(target.split("(")[0].rsplit(".", 1)[0])
+    new = ast.copy_location(_expression(target), place)
+    for key in ("prefix", "suffix"):
+      if replaces and formatting.get(place, key):
+        formatting.set(new, key, formatting.get(place, key))
+    return new
 
   def _reference(self, node):
     """A name or attribute chain: the innermost part with a rule is replaced; a TPU API
@@ -182,6 +199,9 @@ class _Rewriter(ast.NodeTransformer):
     if isinstance(value, ast.Call) and _dotted(value.func) == wrapper:
       return value
     new = self._new(wrapper + "(_)", value)
+    for key in ("prefix", "suffix"):  # the white space around `value` now surrounds `new`
+      if formatting.get(value, key):
+        formatting.set(value, key, "")
     new.args[0] = value
     self.changes.append(Change(line, rule, pasta.dump(value), pasta.dump(new)))
     return new
@@ -204,10 +224,31 @@ class _Rewriter(ast.NodeTransformer):
       return
     last = max([call] + call.args + [kw.value for kw in call.keywords],
                key=lambda node: (node.lineno, node.col_offset))
-    value = self._new("%s(%s)" % (wrapper, default), last)
+    value = self._new("%s(%s)" % (wrapper, default), last, replaces=False)
     value.col_offset += 1  # after the last argument
     call.keywords.append(ast.keyword(arg=keyword, value=value))
     self.changes.append(Change(call.lineno, rule, "", "%s=%s" % (keyword, pasta.dump(value))))
+
+  def _compute_dtype(self, call, index):
+    """Each tf.bfloat16 in a cast's dtype -> migration.compat.bfloat16_or_float32()."""
+    replace = _Replace(self._is_bfloat16,
+                       lambda node: self._bfloat16_or_float32(node, call.lineno))
+    for kw in call.keywords:
+      if kw.arg == "dtype":
+        kw.value = replace.visit(kw.value)
+        return
+    if len(call.args) > index:
+      call.args[index] = replace.visit(call.args[index])
+
+  def _is_bfloat16(self, node):
+    qualified = self._qualified(node)
+    name = qualified and apis.canonical(qualified)
+    return bool(name) and name.flavor is not None and name.path in apis.BFLOAT16
+
+  def _bfloat16_or_float32(self, node, line):
+    target = apis.COMPAT + ".bfloat16_or_float32()"
+    self.changes.append(Change(line, "compute-dtype", pasta.dump(node), target))
+    return self._new(target, node)
 
   def _drop_tpu_arguments(self, call):
     kept = []
@@ -247,6 +288,8 @@ class _Rewriter(ast.NodeTransformer):
       elif path in apis.CANNED_ESTIMATORS:
         self._wrap_argument(node, "config", None, compat + "run_config", "run-config",
                             default="")
+      elif path in apis.CASTS:
+        self._compute_dtype(node, apis.CASTS[path])
       elif path == "device":
         self._wrap_argument(node, "device_name_or_function", 0, compat + "device", "device")
       elif path in apis.MAP_AND_BATCH:

@@ -1,0 +1,2 @@
+"""npu_device.train."""
+from npu_device.train import optimizer
