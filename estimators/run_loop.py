@@ -83,6 +83,9 @@ def define_common_flags():
   flags.DEFINE_boolean("hcom_parallel", True, "NPU: overlap allreduce with backprop.")
   flags.DEFINE_boolean("enable_data_pre_proc", True, "NPU: offload the input pipeline.")
   flags.DEFINE_boolean("mix_compile_mode", False, "NPU mixed compile (iterations_per_loop=1).")
+  flags.DEFINE_string("op_compiler_cache_mode", None, "NPU operator compile cache: %s."
+                      % "|".join(validation.OP_COMPILER_CACHE_MODES))
+  flags.DEFINE_string("op_compiler_cache_dir", None, "NPU operator compile cache folder.")
 
 
 def npu_options(flag_values):

@@ -1,13 +1,24 @@
-"""Backend selection: which device the run uses and whether npu_bridge is present.
+"""Backend selection: which device the run uses and, on an Ascend NPU, through which adapter.
 
-`--device=auto` picks the NPU when `npu_bridge` imports, a GPU when TensorFlow sees one,
-else the CPU. Everything NPU-specific elsewhere in the project asks `Backend.is_npu`.
+`--device=auto` picks the NPU when an Ascend adapter imports, a GPU when TensorFlow sees
+one, else the CPU. The adapter follows the TensorFlow stack: `npu_bridge` on TF 1.15,
+`npu_device` on TF 2.x (looked for first there; `npu_bridge` is taken only where no
+`npu_device` is found, as with this project's test double). Everything NPU-specific
+elsewhere asks `Backend.is_npu`, and `uses_npu_bridge` / `uses_npu_device` where the two
+adapters differ.
 """
 import importlib
+import os
 
 import tensorflow.compat.v1 as tf
+from absl import logging
 
 DEVICES = ("auto", "npu", "gpu", "cpu")
+TF1 = tf.__version__.startswith("1.")
+# The adapter packages of this stack, in the order they are looked for, and a module each
+# that must import for the adapter to count as present.
+ADAPTERS = (("npu_bridge", "npu_bridge.estimator.npu.npu_config"),) if TF1 else (
+    ("npu_device", "npu_device"), ("npu_bridge", "npu_bridge.estimator.npu.npu_config"))
 
 
 class BackendError(ValueError):
@@ -15,11 +26,11 @@ class BackendError(ValueError):
 
 
 class Backend(object):
-  """The resolved device, plus the npu_bridge modules when running on the NPU."""
+  """The resolved device, plus the adapter package (npu_bridge or npu_device) on the NPU."""
 
-  def __init__(self, device, npu_bridge=None):
+  def __init__(self, device, adapter=None):
     self.device = device
-    self.npu_bridge = npu_bridge
+    self.adapter = adapter
 
   @property
   def is_npu(self):
@@ -29,20 +40,33 @@ class Backend(object):
   def is_gpu(self):
     return self.device == "gpu"
 
+  @property
+  def uses_npu_bridge(self):
+    return self.is_npu and self.adapter.__name__ == "npu_bridge"
+
+  @property
+  def uses_npu_device(self):
+    return self.is_npu and self.adapter.__name__ == "npu_device"
+
   def npu_module(self, name):
-    """Imports `npu_bridge.<name>`; only meaningful on the NPU backend."""
+    """Imports `npu_bridge.<name>`; only meaningful when `uses_npu_bridge`."""
     return importlib.import_module("npu_bridge." + name)
 
   def __repr__(self):
+    if self.is_npu:
+      return "Backend(npu via %s)" % self.adapter.__name__
     return "Backend(%s)" % self.device
 
 
-def npu_bridge_available():
-  try:
-    importlib.import_module("npu_bridge.estimator.npu.npu_config")
-    return True
-  except ImportError:
-    return False
+def npu_adapter():
+  """The Ascend adapter package importable on this stack, or None."""
+  for package, probe in ADAPTERS:
+    try:
+      importlib.import_module(probe)
+    except ImportError:
+      continue
+    return importlib.import_module(package)
+  return None
 
 
 def gpu_available():
@@ -56,19 +80,18 @@ def select_backend(device="auto"):
   """Resolves `--device` to a Backend, or raises BackendError with one clear line."""
   if device not in DEVICES:
     raise BackendError("--device=%s is not one of %s" % (device, "|".join(DEVICES)))
+  adapter = npu_adapter() if device in ("auto", "npu") else None
   if device == "auto":
-    if npu_bridge_available():
-      device = "npu"
-    elif gpu_available():
-      device = "gpu"
-    else:
-      device = "cpu"
+    device = "npu" if adapter else "gpu" if gpu_available() else "cpu"
   if device == "npu":
-    if not npu_bridge_available():
+    if adapter is None:
       raise BackendError(
-          "--device=npu needs Huawei's npu_bridge (TF 1.15 + CANN), which is not importable "
-          "here; use --device=auto, cpu or gpu")
-    return Backend("npu", importlib.import_module("npu_bridge"))
+          "--device=npu needs Huawei's %s, which is not importable here; use --device=auto, "
+          "cpu or gpu" % ("npu_bridge (TF 1.15 + CANN)" if TF1 else
+                          "npu_device (the TF 2.x adapter from CANN)"))
+    logging.info("NPU through %s, device id %s (ASCEND_DEVICE_ID)", adapter.__name__,
+                 os.environ.get("ASCEND_DEVICE_ID", "0"))
+    return Backend("npu", adapter)
   if device == "gpu" and not gpu_available():
     raise BackendError("--device=gpu but TensorFlow sees no GPU; use --device=auto or cpu")
   return Backend(device)

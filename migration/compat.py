@@ -34,6 +34,10 @@ def _backend():
   return runtime.settings().backend
 
 
+def _where(backend):
+  return "npu via %s" % backend.adapter.__name__ if backend.is_npu else backend.device
+
+
 def rank_size():
   """Devices in this data-parallel run: RANK_SIZE on the NPU, else 1."""
   return optimizers.rank_size() if _backend().is_npu else 1
@@ -132,7 +136,7 @@ def _estimator(model_fn, model_dir, config, params, warm_start_from, batch_sizes
       *[_per_device(size) for size in batch_sizes], warm_start_from=warm_start_from,
       backend=settings.backend)
   logging.info("migration: %s with %s on %s", type(estimator).__mro__[2].__name__,
-               type(config).__name__, settings.backend.device)
+               type(config).__name__, _where(settings.backend))
   return estimator
 
 
@@ -258,7 +262,7 @@ def cross_replica_sum(x, group_assignment=None, name=None):
     raise NotImplementedError("cross_replica_sum(group_assignment=...) has no NPU/CPU "
                               "equivalent here")
   if rank_size() > 1:
-    return _backend().npu_module("hccl.hccl_ops").allreduce(x, "sum")
+    return optimizers.all_reduce_sum(x, _backend())
   return tf.identity(x, name=name)
 
 
@@ -316,11 +320,11 @@ class TPUProfilerHook(tf.train.SessionRunHook):
 # --- Ops and input pipelines -------------------------------------------------------------------
 
 def _dropout(original, keep_prob_of):
-  """A dropout with `original`'s signature: npu_ops.dropout on the NPU (as Huawei's tool
-  ports it), `original` itself elsewhere."""
+  """A dropout with `original`'s signature: npu_ops.dropout through npu_bridge (as Huawei's
+  tool ports it), `original` itself elsewhere."""
 
   def dropout(*args, **kwargs):
-    if not _backend().is_npu:
+    if not _backend().uses_npu_bridge:
       return original(*args, **kwargs)
     bound = _bind(original, args, kwargs)
     if bound.get("noise_shape") is not None:
@@ -396,20 +400,16 @@ def FixedLossScaleManager(loss_scale):  # pylint: disable=invalid-name
 def ExponentialUpdateLossScaleManager(init_loss_scale, incr_every_n_steps,  # pylint: disable=invalid-name
                                       decr_every_n_nan_or_inf=2, incr_ratio=2, decr_ratio=0.8):
   cls = (_backend().npu_module("estimator.npu.npu_loss_scale_manager")
-         .ExponentialUpdateLossScaleManager if _backend().is_npu
+         .ExponentialUpdateLossScaleManager if _backend().uses_npu_bridge
          else optimizers.ExponentialUpdateLossScaleManager)
   return cls(init_loss_scale, incr_every_n_steps, decr_every_n_nan_or_inf, incr_ratio,
              decr_ratio)
 
 
 def LossScaleOptimizer(opt, loss_scale_manager):  # pylint: disable=invalid-name
-  """contrib LossScaleOptimizer: NPULossScaleOptimizer on the NPU, the same semantics
-  (skip the step on non-finite gradients) elsewhere."""
-  if _backend().is_npu:
-    scaler = _backend().npu_module("estimator.npu.npu_loss_scale_optimizer")
-    return scaler.NPULossScaleOptimizer(opt, loss_scale_manager,
-                                        is_distributed=rank_size() > 1)
-  return optimizers.LossScaleOptimizer(opt, loss_scale_manager)
+  """contrib LossScaleOptimizer: NPULossScaleOptimizer through npu_bridge, the same
+  semantics (skip the step on non-finite gradients) elsewhere."""
+  return optimizers.loss_scale_optimizer(opt, loss_scale_manager, _backend())
 
 
 def _manager_for(loss_scale):

@@ -83,7 +83,7 @@ def convert_spec(spec, mode, backend=None):
                 evaluation_hooks=list(spec.evaluation_hooks or []),
                 prediction_hooks=list(spec.prediction_hooks or []))
   if spec.host_call is not None and mode in (_MODES.TRAIN, _MODES.EVAL):
-    if backend.is_npu:
+    if backend.uses_npu_bridge:
       npu_estimator = backend.npu_module("estimator.npu.npu_estimator")
       return npu_estimator.NPUEstimatorSpec(host_call=spec.host_call, **kwargs)
     host_ops = _call_tensors_fn(*spec.host_call)
@@ -123,7 +123,11 @@ def compat_model_fn(model_fn, batch_sizes, backend=None):
     with tpu_optimizer_stand_in(active):
       spec = call_with_named_args(model_fn, features=features, labels=labels, mode=mode,
                                    params=params, config=config)
-    return convert_spec(spec, mode, active)
+    spec = convert_spec(spec, mode, active)
+    if mode == _MODES.TRAIN and active.uses_npu_device and optimizers.rank_size() > 1:
+      hooks = list(spec.training_hooks) + [optimizers.BroadcastVariablesHook(active.adapter)]
+      spec = spec._replace(training_hooks=hooks)
+    return spec
 
   return _model_fn
 
@@ -162,11 +166,12 @@ class _BatchSizeMixin(object):
 def create_estimator(model_fn, config, params=None, train_batch_size=None,
                      eval_batch_size=None, predict_batch_size=None, warm_start_from=None,
                      backend=None):
-  """NPUEstimator on the NPU, tf.estimator.Estimator elsewhere, TPU-compatible on both."""
+  """NPUEstimator through npu_bridge, tf.estimator.Estimator elsewhere (npu_device runs it
+  as it is), TPU-compatible on both."""
   backend = backend or backend_lib.current()
   batch_sizes = {_MODES.TRAIN: train_batch_size, _MODES.EVAL: eval_batch_size,
                  _MODES.PREDICT: predict_batch_size or eval_batch_size}
-  if backend.is_npu:
+  if backend.uses_npu_bridge:
     base = backend.npu_module("estimator.npu.npu_estimator").NPUEstimator
   else:
     base = tf.estimator.Estimator

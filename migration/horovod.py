@@ -9,6 +9,7 @@ import os
 import tensorflow.compat.v1 as tf
 
 from migration import compat
+from migration import optimizers
 from migration import runtime
 
 
@@ -43,33 +44,32 @@ def DistributedOptimizer(optimizer, name=None, use_locking=False, device_dense="
                          device_sparse="", compression=None, sparse_as_dense=False,
                          backward_passes_per_step=1, op=None, gradient_predivide_factor=1.0,
                          average_aggregated_gradients=False, num_groups=0, groups=None):
-  """NPUDistributedOptimizer on several NPU devices; the optimizer itself on one."""
+  """Gradients averaged over the NPU devices when several train; the optimizer on one."""
   del name, use_locking, device_dense, device_sparse, compression, sparse_as_dense
   del backward_passes_per_step, op, gradient_predivide_factor, average_aggregated_gradients
   del num_groups, groups
-  backend = runtime.settings().backend
-  if backend.is_npu and compat.rank_size() > 1:
-    return backend.npu_module("estimator.npu.npu_optimizer").NPUDistributedOptimizer(optimizer)
-  return optimizer
+  return optimizers.distributed_optimizer(optimizer, runtime.settings().backend)
 
 
 def BroadcastGlobalVariablesHook(root_rank, device=""):  # pylint: disable=invalid-name
-  """NPUBroadcastGlobalVariablesHook on several NPU devices; a no-op hook on one."""
+  """Rank `root_rank`'s initial variables to every NPU device; a no-op hook on one."""
   del device
   backend = runtime.settings().backend
-  if backend.is_npu and compat.rank_size() > 1:
+  if compat.rank_size() == 1:
+    return tf.train.SessionRunHook()
+  if backend.uses_npu_bridge:
     hooks = backend.npu_module("estimator.npu.npu_hook")
     return hooks.NPUBroadcastGlobalVariablesHook(root_rank, compat.rank_id())
-  return tf.train.SessionRunHook()
+  return optimizers.BroadcastVariablesHook(backend.adapter, root_rank)
 
 
 def allreduce(tensor, average=None, device_dense="", device_sparse="", compression=None,
               op=None, prescale_factor=1.0, postscale_factor=1.0, name=None):
-  """hccl allreduce (mean unless op says sum) over the NPU ranks; identity on one."""
+  """HCCL allreduce (mean unless `op` or `average` says sum) over the NPU devices; identity
+  on one."""
   del device_dense, device_sparse, compression, prescale_factor, postscale_factor
   if compat.rank_size() == 1:
     return tf.identity(tensor, name=name)
   mean = average if average is not None else op in (None, "Average")
-  hccl_ops = runtime.settings().backend.npu_module("hccl.hccl_ops")
-  total = hccl_ops.allreduce(tensor, "sum")
+  total = optimizers.all_reduce_sum(tensor, runtime.settings().backend)
   return total / compat.rank_size() if mean else total

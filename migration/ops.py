@@ -5,7 +5,7 @@ from migration import backend as backend_lib
 
 
 def dropout(x, rate, training=True, noise_shape=None, seed=None, name=None):
-  """Dropout by drop `rate`: `npu_ops.dropout` on the NPU, `tf.nn.dropout` elsewhere.
+  """Dropout by drop `rate`: `npu_ops.dropout` through npu_bridge, `tf.nn.dropout` elsewhere.
 
   `training` may be a Python bool (graph-time switch) or a scalar bool tensor.
   """
@@ -13,7 +13,7 @@ def dropout(x, rate, training=True, noise_shape=None, seed=None, name=None):
     return x
 
   def _drop():
-    if backend_lib.current().is_npu and noise_shape is None:
+    if backend_lib.current().uses_npu_bridge and noise_shape is None:
       npu_ops = backend_lib.current().npu_module("estimator.npu_ops")
       return npu_ops.dropout(x, keep_prob=1.0 - rate, seed=seed, name=name)
     return tf.nn.dropout(x, rate=rate, noise_shape=noise_shape, seed=seed, name=name)

@@ -1,8 +1,9 @@
 """Optimizer wrappers per backend: cross-shard/distributed averaging and loss scaling.
 
 Model code calls `wrap_optimizer(opt, params)` once; the result is
-- on the NPU: `NPUDistributedOptimizer` when RANK_SIZE > 1, then `NPULossScaleOptimizer`
-  with a Fixed/ExponentialUpdate manager when loss scaling is on;
+- through npu_bridge: `NPUDistributedOptimizer` when RANK_SIZE > 1, then
+  `NPULossScaleOptimizer` with a Fixed/ExponentialUpdate manager when loss scaling is on;
+- through npu_device: `AllReduceOptimizer` when RANK_SIZE > 1, then the loss scaling below;
 - elsewhere: the optimizer itself, or `LossScaleOptimizer` below, which follows the NPU
   semantics exactly (npu_bridge_api.md §4), so a run behaves the same on both: gradients of
   the scaled loss are unscaled, a step with non-finite gradients is skipped (including its
@@ -157,13 +158,65 @@ class CrossShardOptimizer(_DelegatingOptimizer):
     super(CrossShardOptimizer, self).__init__(opt, name)
 
 
+class AllReduceOptimizer(_DelegatingOptimizer):
+  """Data parallelism through npu_device (TF 2.x): gradients are averaged over the ranks
+  with npu_device.distribute.all_reduce before they are applied."""
+
+  def __init__(self, optimizer, npu_device, name="AllReduceOptimizer"):
+    super(AllReduceOptimizer, self).__init__(optimizer, name)
+    self._npu_device = npu_device
+
+  def compute_gradients(self, loss, var_list=None, **kwargs):
+    grads_and_vars = self._optimizer.compute_gradients(loss, var_list=var_list, **kwargs)
+    reduced = iter(self._npu_device.distribute.all_reduce(
+        [g for g, _ in grads_and_vars if g is not None], "mean"))
+    return [(None if g is None else next(reduced), v) for g, v in grads_and_vars]
+
+
+class BroadcastVariablesHook(tf.train.SessionRunHook):
+  """Starts every rank from rank `root_rank`'s initial variables (npu_device); npu_bridge's
+  NPUEstimator adds its own NPUBroadcastGlobalVariablesHook."""
+
+  def __init__(self, npu_device, root_rank=0):
+    self._npu_device = npu_device
+    self._root_rank = root_rank
+
+  def begin(self):
+    self._broadcast = self._npu_device.distribute.broadcast(tf.global_variables(),
+                                                            self._root_rank)
+
+  def after_create_session(self, session, coord):
+    del coord
+    session.run(self._broadcast)
+
+
+def distributed_optimizer(optimizer, backend=None):
+  """`optimizer` averaging gradients over the NPU ranks when several train, else itself."""
+  backend = backend or backend_lib.current()
+  if not backend.is_npu or rank_size() == 1:
+    return optimizer
+  if backend.uses_npu_bridge:
+    return backend.npu_module("estimator.npu.npu_optimizer").NPUDistributedOptimizer(optimizer)
+  return AllReduceOptimizer(optimizer, backend.adapter)
+
+
+def all_reduce_sum(tensor, backend=None):
+  """The sum of `tensor` over the NPU ranks (HCCL); `tensor` itself on one device."""
+  backend = backend or backend_lib.current()
+  if not backend.is_npu or rank_size() == 1:
+    return tensor
+  if backend.uses_npu_bridge:
+    return backend.npu_module("hccl.hccl_ops").allreduce(tensor, "sum")
+  return backend.adapter.distribute.all_reduce(tensor, "sum")
+
+
 def cross_shard_optimizer(opt, reduction="mean", name=None, group_assignment=None,
                           backend=None):
-  """`tf.tpu.CrossShardOptimizer` for the backend: NPUDistributedOptimizer on a multi-device
-  NPU run, else the single-shard pass-through above."""
+  """`tf.tpu.CrossShardOptimizer` for the backend: averaging over the NPU ranks when several
+  train, else the single-shard pass-through above."""
   backend = backend or backend_lib.current()
   if backend.is_npu and rank_size() > 1:
-    return backend.npu_module("estimator.npu.npu_optimizer").NPUDistributedOptimizer(opt)
+    return distributed_optimizer(opt, backend)
   return CrossShardOptimizer(opt, reduction, name or "CrossShardOptimizer", group_assignment)
 
 
@@ -172,7 +225,7 @@ def loss_scale_manager(loss_scale, backend=None):
   backend = backend or backend_lib.current()
   if loss_scale in (None, "none"):
     return None
-  if backend.is_npu:
+  if backend.uses_npu_bridge:
     managers = backend.npu_module("estimator.npu.npu_loss_scale_manager")
     fixed, dynamic = (managers.FixedLossScaleManager,
                       managers.ExponentialUpdateLossScaleManager)
@@ -183,17 +236,19 @@ def loss_scale_manager(loss_scale, backend=None):
   return fixed(loss_scale=float(loss_scale))
 
 
+def loss_scale_optimizer(optimizer, manager, backend=None):
+  """NPULossScaleOptimizer through npu_bridge, the LossScaleOptimizer above elsewhere
+  (npu_device's own NpuLossScaleOptimizer wraps Keras optimizers, not these)."""
+  backend = backend or backend_lib.current()
+  if backend.uses_npu_bridge:
+    scaler = backend.npu_module("estimator.npu.npu_loss_scale_optimizer")
+    return scaler.NPULossScaleOptimizer(optimizer, manager, is_distributed=rank_size() > 1)
+  return LossScaleOptimizer(optimizer, manager)
+
+
 def wrap_optimizer(optimizer, params, backend=None):
   """Wraps `optimizer` for the active backend (see the module docstring)."""
   backend = backend or backend_lib.current()
   manager = loss_scale_manager(params.get("loss_scale", "none"), backend)
-  if not backend.is_npu:
-    return optimizer if manager is None else LossScaleOptimizer(optimizer, manager)
-  npu_optimizer = backend.npu_module("estimator.npu.npu_optimizer")
-  distributed = rank_size() > 1
-  if distributed:
-    optimizer = npu_optimizer.NPUDistributedOptimizer(optimizer)
-  if manager is None:
-    return optimizer
-  scaler = backend.npu_module("estimator.npu.npu_loss_scale_optimizer")
-  return scaler.NPULossScaleOptimizer(optimizer, manager, is_distributed=distributed)
+  optimizer = distributed_optimizer(optimizer, backend)
+  return optimizer if manager is None else loss_scale_optimizer(optimizer, manager, backend)

@@ -11,6 +11,7 @@ import tensorflow.compat.v1 as tf
 from absl import logging
 
 from migration import precision
+from migration import tf2_adapter
 from migration import validation
 
 RunOptions = collections.namedtuple("RunOptions", [
@@ -23,14 +24,16 @@ NpuOptions = collections.namedtuple("NpuOptions", [
     "enable_dump", "dump_path", "dump_step", "dump_mode",
     "enable_dump_debug", "dump_debug_mode",
     "enable_profiling", "profiling_options",
-    "hcom_parallel", "enable_data_pre_proc", "mix_compile_mode"])
+    "hcom_parallel", "enable_data_pre_proc", "mix_compile_mode",
+    "op_compiler_cache_mode", "op_compiler_cache_dir"])
 
 NPU_DEFAULTS = NpuOptions(
     precision_mode=None, fusion_switch_file=None, modify_mixlist=None, iterations_per_loop=1,
     enable_dump=False, dump_path=None, dump_step="0", dump_mode="output",
     enable_dump_debug=False, dump_debug_mode="all",
     enable_profiling=False, profiling_options=None,
-    hcom_parallel=True, enable_data_pre_proc=True, mix_compile_mode=False)
+    hcom_parallel=True, enable_data_pre_proc=True, mix_compile_mode=False,
+    op_compiler_cache_mode=None, op_compiler_cache_dir=None)
 
 # What every ModelZoo single-device launch script exports (npu_bridge_api.md §10).
 _NPU_ENV_DEFAULTS = (("JOB_ID", "10087"), ("RANK_ID", "0"), ("RANK_SIZE", "1"))
@@ -115,16 +118,20 @@ _FORWARDED_TO_NPU_RUN_CONFIG = (
 
 def to_backend(config, backend, npu_opts=NPU_DEFAULTS):
   """Any tf.estimator.RunConfig (a TPU RunConfig included) -> the RunConfig of `backend`
-  with the same settings: NPURunConfig carrying `npu_opts` on the NPU (an NPURunConfig is
-  kept as it is), the same config with precision applied to its session config elsewhere.
+  with the same settings: NPURunConfig carrying `npu_opts` through npu_bridge (an
+  NPURunConfig is kept as it is); through npu_device the same config, the options set on
+  the device as it opens; elsewhere the same config with precision applied to its session.
   Validates `npu_opts` first."""
   validation.check_npu_options(npu_opts)
-  if backend.is_npu and isinstance(
+  if backend.uses_npu_bridge and isinstance(
       config, backend.npu_module("estimator.npu.npu_config").NPURunConfig):
     return config
   session = adapt_session_config(config.session_config, backend, npu_opts.precision_mode)
-  if not backend.is_npu:
-    _log_npu_only_options(backend, npu_opts)
+  if not backend.uses_npu_bridge:
+    if backend.uses_npu_device:
+      tf2_adapter.open_device(backend, npu_opts)
+    else:
+      _log_npu_only_options(backend, npu_opts)
     if session == (config.session_config or tf.ConfigProto(allow_soft_placement=True)):
       return config
     return config.replace(session_config=session)
@@ -139,7 +146,8 @@ def to_backend(config, backend, npu_opts=NPU_DEFAULTS):
       hcom_parallel=npu_opts.hcom_parallel,
       enable_data_pre_proc=npu_opts.enable_data_pre_proc,
       mix_compile_mode=npu_opts.mix_compile_mode)
-  for name in ("precision_mode", "fusion_switch_file", "modify_mixlist"):
+  for name in ("precision_mode", "fusion_switch_file", "modify_mixlist",
+               "op_compiler_cache_mode", "op_compiler_cache_dir"):
     if getattr(npu_opts, name):
       kwargs[name] = getattr(npu_opts, name)
   kwargs.update(_npu_extra_configs(backend, npu_opts))

@@ -1,14 +1,16 @@
 """Session config for Session-style code (tf.Session / MonitoredTrainingSession scripts).
 
-On the NPU this is the `NpuOptimizer` ConfigProto the Session-style ports build by hand
-(npu_bridge_api.md §3.2 and migration_tool.md §5), made by `npu_config_proto` and given the
-same options as the Estimator path. Elsewhere it is a plain ConfigProto with
+Through npu_bridge this is the `NpuOptimizer` ConfigProto the Session-style ports build by
+hand (npu_bridge_api.md §3.2 and migration_tool.md §5), made by `npu_config_proto` and given
+the same options as the Estimator path. Through npu_device it is a plain ConfigProto, the
+options going to the device as it opens. Elsewhere it is a plain ConfigProto with
 `--precision_mode` mapped to TensorFlow's auto mixed precision.
 """
 from tensorflow.core.protobuf import rewriter_config_pb2
 
 from migration import backend as backend_lib
 from migration import run_config as run_config_lib
+from migration import tf2_adapter
 from migration import validation
 
 
@@ -18,7 +20,9 @@ def session_config(npu_opts=run_config_lib.NPU_DEFAULTS, base=None, backend=None
   backend = backend or backend_lib.current()
   validation.check_npu_options(npu_opts)
   config = run_config_lib.adapt_session_config(base, backend, npu_opts.precision_mode)
-  if not backend.is_npu:
+  if backend.uses_npu_device:
+    tf2_adapter.open_device(backend, npu_opts)
+  if not backend.uses_npu_bridge:
     return config
   config = backend.npu_module("npu_init").npu_config_proto(config_proto=config)
   params = next(o for o in config.graph_options.rewrite_options.custom_optimizers

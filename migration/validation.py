@@ -15,6 +15,7 @@ PRECISION_MODES = (
 MIXLIST_PRECISION_MODES = (
     "allow_mix_precision", "allow_mix_precision_fp16", "allow_mix_precision_bf16")
 DUMP_MODES = ("input", "output", "all")
+OP_COMPILER_CACHE_MODES = ("enable", "disable", "force")
 DUMP_DEBUG_MODES = ("aicore_overflow", "atomic_overflow", "all")
 _DUMP_STEP = re.compile(r"^\d+(-\d+)?(\|\d+(-\d+)?)*$")
 
@@ -181,4 +182,7 @@ def check_npu_options(opts, environ=None):
                       % (opts.dump_debug_mode, DUMP_DEBUG_MODES))
   if opts.enable_profiling and opts.profiling_options:
     check_profiling_options(opts.profiling_options)
+  if opts.op_compiler_cache_mode and opts.op_compiler_cache_mode not in OP_COMPILER_CACHE_MODES:
+    raise ConfigError("--op_compiler_cache_mode=%s is not one of %s"
+                      % (opts.op_compiler_cache_mode, "|".join(OP_COMPILER_CACHE_MODES)))
   check_environment(environ)

@@ -25,18 +25,44 @@ NPU_ENV_VARS = ("JOB_ID", "RANK_SIZE", "CM_WORKER_SIZE", "RANK_ID", "RANK_TABLE_
                 "POD_NAME", "TF_CONFIG", "LOCAL_CHECKPOINT_DIR", "RESTORE_FROM")
 
 
+def _unload(package):
+  for name in [m for m in sys.modules if m == package or m.startswith(package + ".")]:
+    del sys.modules[name]
+
+
 @pytest.fixture
 def npu_bridge_on_path(monkeypatch):
   """The npu_bridge test double, importable for this test only, with no NPU environment
-  variables set; yields the `npu_bridge` package and unloads it afterwards."""
+  variables set; yields the `npu_bridge` package and unloads it afterwards. The npu_device
+  double beside it is hidden (on TF 2.x the backend would prefer it)."""
   from migration import backend as backend_lib  # pylint: disable=g-import-not-at-top
   for name in NPU_ENV_VARS:
     monkeypatch.delenv(name, raising=False)
   monkeypatch.syspath_prepend(NPU_DOUBLE)
+  monkeypatch.setitem(sys.modules, "npu_device", None)
   import npu_bridge  # pylint: disable=g-import-not-at-top
   yield npu_bridge
-  for name in [m for m in sys.modules if m == "npu_bridge" or m.startswith("npu_bridge.")]:
-    del sys.modules[name]
+  _unload("npu_bridge")
+  backend_lib.activate(backend_lib.Backend("cpu"))
+
+
+@pytest.fixture
+def npu_device_on_path(monkeypatch):
+  """The npu_device test double (TF 2.x), importable for this test only, its
+  compat.enable_v1() recorded but not run (it turns TF2 behaviour off for the whole
+  process); yields the package and unloads it afterwards."""
+  from migration import backend as backend_lib  # pylint: disable=g-import-not-at-top
+  from migration import tf2_adapter  # pylint: disable=g-import-not-at-top
+  for name in NPU_ENV_VARS + ("ASCEND_DEVICE_ID",):
+    monkeypatch.delenv(name, raising=False)
+  monkeypatch.syspath_prepend(NPU_DOUBLE)
+  npu_device = pytest.importorskip("npu_device", reason="npu_device needs TensorFlow 2.x")
+  calls = []
+  monkeypatch.setattr(npu_device.compat, "enable_v1", lambda: calls.append("enable_v1"))
+  npu_device.compat.calls = calls
+  yield npu_device
+  _unload("npu_device")
+  tf2_adapter._opened.clear()  # pylint: disable=protected-access
   backend_lib.activate(backend_lib.Backend("cpu"))
 
 

@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from migration import backend as backend_lib
 from migration.convert import __main__ as convert_main
 from tests import conftest
 
@@ -212,10 +213,12 @@ def test_verify_trains_on_cpu_and_on_the_npu_double(trainer_tree, tmp_path, caps
                     "--verify=--model_dir={run}/model --train_steps=2")
   out = capsys.readouterr().out
   assert status == 0, out
-  assert re.search(r"verify \(cpu\): Estimator \+ RunConfig; trained to step 2 \(checkpoint "
-                   r".*/verify/cpu/model/model\.ckpt\)", out)
-  assert re.search(r"verify \(npu_bridge double\): NPUEstimator \+ NPURunConfig; trained to "
-                   r"step 2 \(checkpoint .*/verify/npu_bridge_double/model/model\.ckpt\)", out)
+  assert re.search(r"verify \(cpu\): Estimator \+ RunConfig on cpu; trained to step 2 "
+                   r"\(checkpoint .*/verify/cpu/model/model\.ckpt\)", out)
+  npu = (r"NPUEstimator \+ NPURunConfig on npu via npu_bridge" if backend_lib.TF1
+         else r"Estimator \+ RunConfig on npu via npu_device")
+  assert re.search(r"verify \(npu double\): %s; trained to step 2 \(checkpoint "
+                   r".*/verify/npu_double/model/model\.ckpt\)" % npu, out)
   assert "Saving checkpoints for 2 into" in (rep / "verify_cpu.log").read_text()
 
 
@@ -224,8 +227,8 @@ def test_verify_reports_a_failing_run_and_exits_1(trainer_tree, tmp_path, capsys
                     "-m", "train.py", "--verify=--model_dir={run}/model --fail")
   out = capsys.readouterr().out
   assert status == 1
-  assert ("verify (cpu): Estimator + RunConfig; FAILED (exit 1): RuntimeError: the script's "
-          "own failure") in out
+  assert ("verify (cpu): Estimator + RunConfig on cpu; FAILED (exit 1): RuntimeError: the "
+          "script's own failure") in out
 
 
 def test_a_utf8_bom_is_kept(tmp_path):

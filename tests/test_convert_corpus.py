@@ -1,6 +1,7 @@
 """The converter's first real customers: unmodified tensorflow/tpu scripts (mnist, resnet,
-densenet in ../shared/tpu_corpus) convert, then train and checkpoint on the CPU and build
-NPURunConfig + NPUEstimator on the npu_bridge double, with `--use_tpu` left at the
+densenet in ../shared/tpu_corpus) convert, then train and checkpoint on the CPU and on the
+NPU adapter's double (NPURunConfig + NPUEstimator through npu_bridge on TF 1.15; the
+plain Estimator in npu_device's TF1-compat mode on TF 2.x), with `--use_tpu` left at the
 scripts' own default (True). Slow tier; CI runs it on TF 1.15 (all three) and TF 2.15
 (densenet needs tf.contrib, which TF 2 does not have)."""
 import json
@@ -57,9 +58,11 @@ def test_corpus_converts_and_trains_on_cpu_and_npu_double(entry, tiny_data, tmp_
   assert process.returncode == 0, process.stdout[-3000:]
   verdicts = [line for line in process.stdout.splitlines() if "trained to step" in line]
   assert len(verdicts) == 2, process.stdout[-3000:]
-  assert "verify (cpu): Estimator + RunConfig; trained to step %d " % steps in verdicts[0]
-  assert ("verify (npu_bridge double): NPUEstimator + NPURunConfig; trained to step %d "
-          % steps) in verdicts[1]
+  assert ("verify (cpu): Estimator + RunConfig on cpu; trained to step %d " % steps
+          in verdicts[0])
+  npu = ("NPUEstimator + NPURunConfig on npu via npu_bridge" if tf.__version__.startswith("1.")
+         else "Estimator + RunConfig on npu via npu_device")
+  assert "verify (npu double): %s; trained to step %d " % (npu, steps) in verdicts[1]
   changes = json.loads((rep / "report.json").read_text())["changes"]
   success = (rep / "success_report.txt").read_text().splitlines()
   assert len(success) == len(changes) > 0, "the report names every change"

@@ -35,10 +35,11 @@ def test_auto_picks_cpu_without_npu_bridge_or_gpu():
   assert backend_lib.select_backend("auto").device == "cpu"
 
 
-def test_npu_without_npu_bridge_is_one_clear_line():
+def test_npu_without_an_adapter_is_one_line_naming_this_stacks_adapter():
   with pytest.raises(backend_lib.BackendError) as e:
     backend_lib.select_backend("npu")
-  assert "npu_bridge" in str(e.value) and "\n" not in str(e.value)
+  adapter = "npu_bridge (TF 1.15" if backend_lib.TF1 else "npu_device (the TF 2.x adapter"
+  assert adapter in str(e.value) and "\n" not in str(e.value)
 
 
 def test_auto_picks_npu_when_npu_bridge_imports(npu_double):
@@ -233,9 +234,8 @@ def _overflow_graph(wrap):
 
 @pytest.mark.parametrize("on_npu", [False, True])
 def test_overflowing_step_is_skipped(on_npu, request, capfd):
-  if on_npu:
-    request.getfixturevalue("npu_double")
-  backend = backend_lib.Backend("npu" if on_npu else "cpu")
+  backend = (backend_lib.Backend("npu", request.getfixturevalue("npu_double")) if on_npu
+             else backend_lib.Backend("cpu"))
   with tf.Graph().as_default():
     var, step, train_op, poisoned = _overflow_graph(
         lambda opt: optimizers.wrap_optimizer(opt, {"loss_scale": "dynamic"}, backend))

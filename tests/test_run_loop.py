@@ -66,8 +66,9 @@ def glob_events(model_dir):
     (["--mix_compile_mode", "--iterations_per_loop=5"], "--mix_compile_mode needs"),
     (["--enable_dump", "--dump_path=/tmp", "--dump_step=a|b"], "--dump_step='a|b'"),
     (["--fusion_switch_file=/no/such.cfg"], "/no/such.cfg does not exist"),
-    (["--device=npu"], "npu_bridge"),
+    (["--device=npu"], "npu_bridge" if backend_lib.TF1 else "npu_device"),
     (["--loss_scale=0.5"], "--loss_scale=0.5"),
+    (["--op_compiler_cache_mode=always"], "--op_compiler_cache_mode=always is not one of"),
     (["--checkpoint_path=/no/ckpt", "--mode=eval"], "--checkpoint_path=/no/ckpt"),
 ])
 def test_bad_input_exits_before_any_graph(tmp_path, args, message):

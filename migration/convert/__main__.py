@@ -45,7 +45,8 @@ def _parser():
   parser.add_argument("-m", "--main", help="the entry script, inside the input; needed "
                       "by --verify")
   parser.add_argument("--verify", metavar="ARGS", help="after converting, run MAIN with "
-                      "ARGS on the CPU and with the npu_bridge test double; {run} in ARGS "
+                      "ARGS on the CPU and with the NPU adapter's test double (npu_bridge "
+                      "on TF 1.15, npu_device on TF 2.x); {run} in ARGS "
                       "becomes a fresh folder per run. Write --verify=\"--flag=x ...\"")
   parser.add_argument("--verify_timeout", type=int, default=1800,
                       help="seconds each verification run may take")

@@ -1,4 +1,4 @@
-"""`--verify`: runs the converted main script on the CPU, then with the npu_bridge test double.
+"""`--verify`: runs the converted main script on the CPU, then with the NPU adapter's test double.
 
 Each run is a separate process with the converted tree (and this package) on PYTHONPATH;
 the verdict is read from what the run logs: the Estimator's "Saving checkpoints for N"
@@ -15,17 +15,19 @@ import sys
 
 import migration
 
-NPU_BRIDGE_DOUBLE = os.path.join(os.path.dirname(os.path.abspath(migration.__file__)), "doubles")
+NPU_DOUBLES = os.path.join(os.path.dirname(os.path.abspath(migration.__file__)), "doubles")
+# The doubles' folder holds npu_bridge and npu_device: the backend takes this stack's
+# adapter (npu_bridge on TF 1.15, npu_device on TF 2.x).
 RUNS = (("cpu", {"MIGRATION_DEVICE": "cpu"}, ()),
-        ("npu_bridge double", {"MIGRATION_DEVICE": "npu"}, (NPU_BRIDGE_DOUBLE,)))
+        ("npu double", {"MIGRATION_DEVICE": "npu"}, (NPU_DOUBLES,)))
 _CHECKPOINT = re.compile(r"Saving checkpoints for (\d+) into (\S+?)\.?$", re.MULTILINE)
-_ESTIMATOR = re.compile(r"migration: (\w+) with (\w+) on (\w+)")
+_ESTIMATOR = re.compile(r"migration: (\w+) with (\w+) on (npu via \w+|\w+)")
 
 
 def _verdict(returncode, log):
   steps = _CHECKPOINT.findall(log)
   built = _ESTIMATOR.findall(log)
-  parts = ["%s + %s" % (built[-1][0], built[-1][1])] if built else []
+  parts = ["%s + %s on %s" % built[-1]] if built else []
   if steps:
     parts.append("trained to step %s (checkpoint %s)" % steps[-1])
   if returncode != 0:
