@@ -75,7 +75,8 @@ def prepare_npu_environment(environ=None):
 
 def _log_npu_only_options(backend, npu_opts):
   npu_only = [name for name in ("fusion_switch_file", "modify_mixlist", "enable_dump",
-                                "enable_dump_debug", "enable_profiling")
+                                "enable_dump_debug", "enable_profiling",
+                                "op_compiler_cache_mode", "op_compiler_cache_dir")
               if getattr(npu_opts, name)]
   if npu_only:
     logging.info("%s: validated; they take effect on the NPU only", ", ".join(npu_only))
@@ -88,7 +89,7 @@ def adapt_session_config(base, backend, precision_mode):
   """A copy of `base` (a ConfigProto, or None for a new one) fit for `backend`.
 
   Off the NPU, `precision_mode` becomes TensorFlow's auto mixed precision. Both that
-  rewrite and NPUEstimator's NpuOptimizer are grappler passes, so a config that turns
+  rewrite and npu_bridge's NpuOptimizer are grappler passes, so a config that turns
   grappler off (`disable_meta_optimizer`, common in TPU scripts) has it turned back on
   when either is needed, with a log line.
   """
@@ -98,8 +99,8 @@ def adapt_session_config(base, backend, precision_mode):
   else:
     config.allow_soft_placement = True
   rewrite = config.graph_options.rewrite_options
-  needs_grappler = backend.is_npu or precision_mode in precision.REDUCED_PRECISION_MODES
-  if needs_grappler and rewrite.disable_meta_optimizer:
+  mixed_precision = not backend.is_npu and precision_mode in precision.REDUCED_PRECISION_MODES
+  if (backend.uses_npu_bridge or mixed_precision) and rewrite.disable_meta_optimizer:
     rewrite.disable_meta_optimizer = False
     logging.info("session_config had disable_meta_optimizer=True; turned off because %s "
                  "runs as a grappler pass", "the NpuOptimizer" if backend.is_npu
