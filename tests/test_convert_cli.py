@@ -84,7 +84,7 @@ def test_converts_tree_and_writes_huawei_reports(source_tree, tmp_path, capsys):
   assert {c["rule"] for c in report["changes"]} >= {"rename", "tpu-only-argument",
                                                     "add-import"}
   assert all(set(c) == {"file", "line", "rule", "before", "after"} for c in report["changes"])
-  assert report["unparsable"][0]["file"] == "pkg/legacy.py"
+  assert report["files_not_converted"][0]["file"] == "pkg/legacy.py"
   diff = (rep / "changes.diff").read_text()
   assert "-  optimizer = tf.tpu.CrossShardOptimizer(" in diff and "+++ b/train.py" in diff
 
@@ -131,6 +131,7 @@ def test_argument_errors_are_one_line_with_status_2(source_tree, tmp_path, capsy
       (["-i", source_tree, "-o", tmp_path / "full"], "not an empty folder"),
       (["-i", source_tree, "-o", tmp_path / "o1", "-m", "nope.py"], "-m nope.py"),
       (["-i", source_tree, "-o", tmp_path / "o2", "--verify=--x"], "needs -m"),
+      (["-i", source_tree, "-o", tmp_path / "full" / "x" / "out"], "cannot be created"),
   ]
   for argv, message in cases:
     assert _convert(*argv) == 2
@@ -247,3 +248,13 @@ def test_main_is_looked_up_in_the_input_first(source_tree, tmp_path, monkeypatch
   (tmp_path / "train.py").write_text("# a different train.py in the working folder\n")
   assert _convert("-i", source_tree, "-o", tmp_path / "out", "-r", tmp_path / "rep",
                   "-m", "train.py") == 1  # 1: pkg/legacy.py does not parse; not 2
+
+
+def test_unreadable_and_dangling_files_are_reported_and_the_rest_converts(source_tree,
+                                                                          tmp_path, capsys):
+  (source_tree / "dangling.py").symlink_to(source_tree / "gone.py")
+  rep = tmp_path / "rep"
+  assert _convert("-i", source_tree, "-o", tmp_path / "out", "-r", rep) == 1
+  assert "error: dangling.py:- cannot be read or copied (" in capsys.readouterr().out
+  assert "dangling.py:- cannot be read or copied (" in (rep / "failed_report.txt").read_text()
+  assert "migration.compat.TPUEstimator(" in (tmp_path / "out" / "train.py").read_text()

@@ -94,54 +94,66 @@ def _check(args):
   return root, files, output, report_dir, main
 
 
+def _convert_file(source_path, target_path):
+  """Converts one .py file; returns (original source, rewrite.Result). Raises ParseError,
+  UnicodeDecodeError or OSError."""
+  with open(source_path, encoding="utf-8") as f:
+    source = f.read()
+  bom = source[:1] == _BOM  # kept on output; pasta cannot parse it
+  result = rewrite.convert_source(source[int(bom):])
+  if bom:
+    result = result._replace(source=_BOM + result.source)
+  with open(target_path, "w", encoding="utf-8") as f:
+    f.write(result.source)
+  shutil.copystat(source_path, target_path)
+  return source, result
+
+
 def convert_tree(root, files, output):
-  """Converts or copies each file; returns (results, unparsable, sources)."""
-  results, unparsable, sources = {}, {}, {}
+  """Converts or copies each file; returns (results, failed files, sources), where a failed
+  file maps to (line, what went wrong)."""
+  results, failed, sources = {}, {}, {}
   for path in files:
     source_path, target_path = os.path.join(root, path), os.path.join(output, path)
-    os.makedirs(os.path.dirname(target_path) or ".", exist_ok=True)
-    if not path.endswith(".py") or os.path.getsize(source_path) > _MAX_BYTES:
-      if path.endswith(".py"):
-        print("warning: %s is over 10 MiB; copied unchanged" % path)
-      shutil.copy2(source_path, target_path)
-      continue
     try:
-      with open(source_path, encoding="utf-8") as f:
-        sources[path] = f.read()
-      bom = sources[path][:1] == _BOM  # kept on output; pasta cannot parse it
-      result = rewrite.convert_source(sources[path][int(bom):])
-      if bom:
-        result = result._replace(source=_BOM + result.source)
-    except (rewrite.ParseError, UnicodeDecodeError) as error:
-      if isinstance(error, UnicodeDecodeError):
-        error = rewrite.ParseError("?", "not UTF-8 text")
-      unparsable[path] = error
-      print("error: %s:%s cannot be parsed (%s); copied unchanged"
-            % (path, error.line, error.message))
-      sources.pop(path, None)
-      shutil.copy2(source_path, target_path)
-      continue
-    results[path] = result
-    with open(target_path, "w", encoding="utf-8") as f:
-      f.write(result.source)
-    shutil.copystat(source_path, target_path)
-    if result.changes or result.problems:
-      print("%s: %d changes, %d not converted" % (path, len(result.changes),
-                                                 len(result.problems)))
-  return results, unparsable, sources
+      os.makedirs(os.path.dirname(target_path) or ".", exist_ok=True)
+      if not path.endswith(".py") or os.path.getsize(source_path) > _MAX_BYTES:
+        if path.endswith(".py"):
+          print("warning: %s is over 10 MiB; copied unchanged" % path)
+        shutil.copy2(source_path, target_path)
+        continue
+      try:
+        sources[path], results[path] = _convert_file(source_path, target_path)
+      except (rewrite.ParseError, UnicodeDecodeError) as error:
+        line, message = ((error.line, error.message) if isinstance(error, rewrite.ParseError)
+                         else ("?", "not UTF-8 text"))
+        failed[path] = (line, "cannot be parsed (%s); copied unchanged" % message)
+        shutil.copy2(source_path, target_path)
+    except OSError as error:
+      failed[path] = ("-", "cannot be read or copied (%s)" % error)
+    if path in failed:
+      print("error: %s:%s %s" % ((path,) + failed[path]))
+    elif path in results and (results[path].changes or results[path].problems):
+      print("%s: %d changes, %d not converted" % (path, len(results[path].changes),
+                                                 len(results[path].problems)))
+  return results, failed, sources
 
 
 def main(argv=None):
   args = _parser().parse_args(argv)
   try:
     root, files, output, report_dir, main_script = _check(args)
+    for flag, folder in (("-o", output), ("-r", report_dir)):
+      try:
+        os.makedirs(folder, exist_ok=True)
+      except OSError as error:
+        raise UsageError("%s %s cannot be created (%s)" % (flag, folder, error))
   except UsageError as error:
     print("error: %s" % error, file=sys.stderr)
     return 2
-  os.makedirs(output, exist_ok=True)
-  results, unparsable, sources = convert_tree(root, files, output)
-  print(report.write(report_dir, results, unparsable, sources), end="")
-  not_converted = sum(len(r.problems) for r in results.values()) + len(unparsable)
+  results, failed, sources = convert_tree(root, files, output)
+  print(report.write(report_dir, results, failed, sources), end="")
+  not_converted = sum(len(r.problems) for r in results.values()) + len(failed)
   print("Converted %d files into %s; reports in %s" % (len(results), output, report_dir))
   status = 0
   if not_converted:

@@ -56,9 +56,9 @@ def _brief(results):
                                  sum(distinct.values()), _summary(distinct)))
 
 
-def write(report_dir, results, unparsable, sources):
-  """Writes every report file; `results` maps relative path -> rewrite.Result,
-  `unparsable` relative path -> ParseError, `sources` relative path -> original text."""
+def write(report_dir, results, failed, sources):
+  """Writes every report file; `results` maps relative path -> rewrite.Result, `failed`
+  relative path -> (line, what went wrong), `sources` relative path -> original text."""
   os.makedirs(report_dir, exist_ok=True)
 
   def _write(name, lines):
@@ -72,8 +72,7 @@ def write(report_dir, results, unparsable, sources):
       "%s:%s %s is not support migration. %s" % (path, problem.line, problem.api, problem.why)
       for path, result in sorted(results.items()) for problem in result.problems
       if not problem.manual] + [
-          "%s:%s cannot be parsed (%s); copied unchanged" % (path, error.line, error.message)
-          for path, error in sorted(unparsable.items())])
+          "%s:%s %s" % (path, line, message) for path, (line, message) in sorted(failed.items())])
   _write("need_migration_doc.txt", [
       '%s:%s "%s" feature needs to be migrated manually, Please refer to the migration '
       "guide. %s" % (path, problem.line, problem.api, problem.why)
@@ -88,8 +87,8 @@ def write(report_dir, results, unparsable, sources):
         "not_converted": [dict(problem._asdict(), file=path)
                           for path, result in sorted(results.items())
                           for problem in result.problems],
-        "unparsable": [{"file": path, "line": error.line, "error": error.message}
-                       for path, error in sorted(unparsable.items())],
+        "files_not_converted": [{"file": path, "line": line, "error": message}
+                                for path, (line, message) in sorted(failed.items())],
     }, f, indent=1, sort_keys=True)
   with open(os.path.join(report_dir, "changes.diff"), "w") as f:
     for path, result in sorted(results.items()):
