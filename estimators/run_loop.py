@@ -9,6 +9,7 @@ Entry scripts are two lines (`run_loop.main("amoeba_net")`). Modes:
 A SavedModel is exported to --export_dir after training when the model has a serving input.
 Every run ends with one parseable line: `Final metrics: {json}`.
 """
+import contextlib
 import json
 import os
 import time
@@ -20,6 +21,7 @@ from absl import flags
 from absl import logging
 
 from estimators import registry
+from estimators import run_control
 from migration import backend as backend_lib
 from migration import estimator as estimator_lib
 from migration import precision
@@ -202,10 +204,11 @@ def print_final_metrics(metrics):
 class Runner(object):
   """Holds one run's model, flags and estimator; each mode is a method."""
 
-  def __init__(self, model, flag_values, backend):
+  def __init__(self, model, flag_values, backend, stop=None):
     self.model = model
     self.flags = flag_values
     self.backend = backend
+    self.stop = stop or run_control.GracefulStop()  # not entered: signals act as usual
     npu_opts = npu_options(flag_values)
     config = run_config_lib.build_run_config(backend, run_options(flag_values), npu_opts)
     params = dict(model.params(flag_values))
@@ -221,7 +224,7 @@ class Runner(object):
         eval_batch_size=flag_values.eval_batch_size,
         predict_batch_size=flag_values.predict_batch_size, backend=backend)
 
-  def _global_step(self):
+  def global_step(self):
     latest = tf.train.latest_checkpoint(self.flags.model_dir)
     if not latest:
       return 0
@@ -229,17 +232,27 @@ class Runner(object):
 
   def train(self, max_steps):
     hooks = [ExamplesPerSecondHook(self.flags.train_batch_size,
-                                   self.flags.log_step_count_steps, self.flags.model_dir)]
+                                   self.flags.log_step_count_steps, self.flags.model_dir),
+             self.stop.hook()]
     start = time.time()
     input_fn = self.model.input_fn(self.flags, tf.estimator.ModeKeys.TRAIN)
     run_reading(input_fn, lambda: self.estimator.train(input_fn, max_steps=max_steps,
                                                        hooks=hooks))
+    self.stop.check()
     return time.time() - start
 
   def evaluate(self, checkpoint_path=None):
     input_fn = self.model.input_fn(self.flags, tf.estimator.ModeKeys.EVAL)
-    results = run_reading(input_fn, lambda: self.estimator.evaluate(
-        input_fn, steps=self.model.eval_steps(self.flags), checkpoint_path=checkpoint_path))
+    try:
+      results = run_reading(input_fn, lambda: self.estimator.evaluate(
+          input_fn, steps=self.model.eval_steps(self.flags), checkpoint_path=checkpoint_path,
+          hooks=[self.stop.hook()]))
+    except estimator_lib.EmptyEvaluationError:
+      self.stop.check()  # a stopped evaluation counted nothing: that is no data error
+      raise DataError("the evaluation saw no examples (--eval_batch_size=%d, --eval_steps=%s): "
+                      "the evaluation data is smaller than one batch or empty; no result "
+                      "reported" % (self.flags.eval_batch_size, self.flags.eval_steps))
+    self.stop.check()
     logging.info("Evaluation results: %s", results)
     summary = self.model.summarize(results)
     if summary:
@@ -249,18 +262,18 @@ class Runner(object):
   def run_train(self):
     seconds = self.train(self.model.train_steps(self.flags))
     self.export()
-    return {"mode": "train", "global_step": self._global_step(), "train_seconds": seconds}
+    return {"mode": "train", "global_step": self.global_step(), "train_seconds": seconds}
 
   def run_train_and_eval(self):
     total = self.model.train_steps(self.flags)
     interval = self.model.steps_per_eval(self.flags)
-    step = self._global_step()
+    step = self.global_step()
     results, seconds = {}, 0.0
     while step < total or not results:
       step = min(step + interval, total)
       seconds += self.train(step)
       results = self.evaluate()
-      step = self._global_step()
+      step = self.global_step()
     self.export()
     return dict(results, mode="train_and_eval", train_seconds=seconds)
 
@@ -306,6 +319,11 @@ class Runner(object):
     return getattr(self, "run_" + self.flags.mode)()
 
 
+@contextlib.contextmanager
+def _nothing():
+  yield
+
+
 def run(model, flag_values):
   """Validates everything, then runs `flag_values.mode`; returns the final metrics."""
   check_common_flags(flag_values)
@@ -317,7 +335,16 @@ def run(model, flag_values):
   validation.check_npu_options(npu_options(flag_values))
   backend = backend_lib.activate(backend_lib.select_backend(flag_values.device))
   tf.gfile.MakeDirs(flag_values.model_dir)
-  metrics = Runner(model, flag_values, backend).run()
+  trains = flag_values.mode in ("train", "train_and_eval")
+  with run_control.GracefulStop() as stop:
+    runner = Runner(model, flag_values, backend, stop)
+    with run_control.TrainingLock(flag_values.model_dir) if trains else _nothing():
+      try:
+        metrics = runner.run()
+      except run_control.Interrupted as interrupted:
+        print_final_metrics({"mode": flag_values.mode, "global_step": runner.global_step(),
+                             "interrupted": interrupted.signal_name})
+        raise
   print_final_metrics(metrics)
   return metrics
 
@@ -350,7 +377,10 @@ def main(model_name):
     tf.get_logger().propagate = False  # TF's own handler prints it; absl would print it again
     try:
       run(model, FLAGS)
-    except (validation.ConfigError, backend_lib.BackendError, DataError) as e:
+    except (validation.ConfigError, backend_lib.BackendError, DataError,
+            run_control.LockedError) as e:
       raise SystemExit("error: %s" % e)
+    except run_control.Interrupted as interrupted:
+      raise SystemExit(interrupted.exit_code)
 
   app.run(_main)

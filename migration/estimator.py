@@ -112,6 +112,43 @@ def tpu_optimizer_stand_in(backend):
       module.CrossShardOptimizer = original
 
 
+# Every evaluation counts what it saw, so that one over no examples is never a result.
+EXAMPLES_EVALUATED = "examples_evaluated"
+
+
+class EmptyEvaluationError(ValueError):
+  """An evaluation that saw no examples (raised before any summary of it is written)."""
+
+
+class _RefuseEmptyEvaluation(tf.train.SessionRunHook):
+  """Ends an evaluation over no examples with EmptyEvaluationError: the Estimator writes the
+  evaluation's summaries after its hooks end, so no zeros reach TensorBoard."""
+
+  def __init__(self, total):
+    self._total = total
+
+  def end(self, session):
+    if session.run(self._total) == 0:
+      raise EmptyEvaluationError("the evaluation saw no examples")
+
+
+def _with_example_count(spec, features, labels):
+  """`spec` with an `examples_evaluated` metric and the hook refusing a count of 0."""
+  tensor = tf.nest.flatten(labels if labels is not None else features)[0]
+  with tf.control_dependencies([tensor]):  # a static batch size must wait for real data
+    batch = tf.shape(tensor, out_type=tf.int64)[0]
+  total = tf.Variable(0, dtype=tf.int64, trainable=False, name=EXAMPLES_EVALUATED,
+                      collections=[tf.GraphKeys.LOCAL_VARIABLES,
+                                   tf.GraphKeys.METRIC_VARIABLES])
+  metrics = dict(spec.eval_metric_ops or {})
+  metrics[EXAMPLES_EVALUATED] = (tf.identity(total), tf.assign_add(total, batch))
+  hooks = list(spec.evaluation_hooks or []) + [_RefuseEmptyEvaluation(total)]
+  replaced = spec._replace(eval_metric_ops=metrics, evaluation_hooks=hooks)
+  if hasattr(spec, "_host_call"):  # NPUEstimatorSpec keeps it outside the tuple
+    replaced._host_call = spec._host_call  # pylint: disable=protected-access
+  return replaced
+
+
 def compat_model_fn(model_fn, batch_sizes, backend=None):
   """Wraps a model_fn (Estimator- or TPUEstimator-style) for `create_estimator`."""
 
@@ -124,6 +161,8 @@ def compat_model_fn(model_fn, batch_sizes, backend=None):
       spec = call_with_named_args(model_fn, features=features, labels=labels, mode=mode,
                                    params=params, config=config)
     spec = convert_spec(spec, mode, active)
+    if mode == _MODES.EVAL:
+      spec = _with_example_count(spec, features, labels)
     if mode == _MODES.TRAIN and active.uses_npu_device and optimizers.rank_size() > 1:
       hooks = list(spec.training_hooks) + [optimizers.BroadcastVariablesHook(active.adapter)]
       spec = spec._replace(training_hooks=hooks)

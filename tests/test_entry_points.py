@@ -41,6 +41,20 @@ def test_amoeba_net_eval_only_prints_top1_top5_in_new_process(digits_dir, tmp_pa
   assert '"top_5_accuracy"' in log.splitlines()[-1]
 
 
+def test_an_evaluation_over_no_examples_is_an_error(digits_dir, tmp_path):
+  model_dir = str(tmp_path / "model")
+  code, log = run([sys.executable, "amoeba_net.py", "--mode=train", "--train_steps=1",
+                   "--data_dir=" + digits_dir, "--model_dir=" + model_dir] + TINY_AMOEBA)
+  assert code == 0, log[-3000:]
+  code, log = run([sys.executable, "amoeba_net.py", "--mode=eval", "--eval_steps=1",
+                   "--data_dir=" + digits_dir, "--model_dir=" + model_dir] + TINY_AMOEBA +
+                  ["--eval_batch_size=400"])
+  assert code != 0
+  assert "error: the evaluation saw no examples (--eval_batch_size=400, --eval_steps=1)" in log
+  assert "Final metrics" not in log and "top-1 0.00%" not in log
+  assert not os.path.exists(os.path.join(model_dir, "eval")), "no zeros in TensorBoard"
+
+
 def test_amoeba_net_without_data_fails_before_any_graph(tmp_path):
   empty = tmp_path / "empty"
   empty.mkdir()

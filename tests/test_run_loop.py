@@ -1,6 +1,7 @@
 """The shared run loop end to end, through the `tests.tiny_entry` script and in-process."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -41,6 +42,7 @@ def test_train_and_eval_then_eval_only_in_a_new_process(tmp_path):
   metrics = final_metrics(out)
   assert metrics["mode"] == "train_and_eval" and metrics["global_step"] == 40
   assert metrics["accuracy"] > 0.9
+  assert metrics["examples_evaluated"] == 256, "the whole eval split, counted"
   assert "examples/sec" in out and "steps/sec" in out
   assert os.listdir(str(tmp_path / "export")), "no SavedModel exported"
   assert glob_events(model_dir), "no TensorBoard summaries"
@@ -162,3 +164,68 @@ def test_killed_training_resumes_from_last_checkpoint(tmp_path):
 def _checkpoint_step(model_dir):
   latest = tf.train.latest_checkpoint(model_dir) if os.path.isdir(model_dir) else None
   return int(latest.rsplit("-", 1)[1]) if latest else 0
+
+
+# --- stops, concurrent runs ---
+
+def _start(tmp_path, name, *args):
+  """Starts the tiny model's entry script in the background; returns (process, log path)."""
+  log = tmp_path / (name + ".log")
+  process = subprocess.Popen(
+      [sys.executable, "-m", "tests.tiny_entry", "--tiny_examples=4096",
+       "--log_step_count_steps=10"] + list(args),
+      cwd=conftest.REPO, stdout=open(str(log), "w"), stderr=subprocess.STDOUT)
+  return process, log
+
+
+def _wait_for(log, text, process, timeout=180):
+  deadline = time.time() + timeout
+  while time.time() < deadline:
+    if text in log.read_text():
+      return
+    assert process.poll() is None, log.read_text()[-3000:]
+    time.sleep(0.2)
+  raise AssertionError("%r not logged in %d s" % (text, timeout))
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_stopped_run_saves_its_step_and_resumes_from_it(tmp_path, signum):
+  model_dir = str(tmp_path / "run")
+  process, log = _start(tmp_path, "first", "--model_dir=" + model_dir, "--mode=train",
+                        "--train_steps=1000000", "--save_checkpoints_steps=1000000")
+  _wait_for(log, "step = 11", process)
+  process.send_signal(signum)
+  assert process.wait(timeout=120) == 128 + signum
+  metrics = final_metrics(log.read_text())
+  assert metrics["interrupted"] == signal.Signals(signum).name
+  stopped_at = metrics["global_step"]
+  assert stopped_at > 10
+  assert tf.train.latest_checkpoint(model_dir).endswith("model.ckpt-%d" % stopped_at)
+  code, out = run_entry("--model_dir=" + model_dir, "--mode=train",
+                        "--train_steps=%d" % (stopped_at + 5))
+  assert code == 0, out
+  assert "Restoring parameters from %s/model.ckpt-%d" % (model_dir, stopped_at) in out
+  assert final_metrics(out)["global_step"] == stopped_at + 5
+
+
+def test_a_second_trainer_in_the_same_model_dir_is_refused(tmp_path):
+  model_dir = str(tmp_path / "run")
+  first, log = _start(tmp_path, "first", "--model_dir=" + model_dir, "--mode=train",
+                      "--train_steps=1000000", "--save_checkpoints_steps=1000000")
+  try:
+    _wait_for(log, "Saving checkpoints for 0", first)
+    code, out = run_entry("--model_dir=" + model_dir, "--mode=train", "--train_steps=50")
+    assert code != 0
+    errors = [l for l in out.splitlines() if l.startswith("error: ")]
+    assert len(errors) == 1 and re.match(
+        r"error: --model_dir=%s is being trained by process %d on \S+ \(since [0-9T:-]+\); "
+        r"use another --model_dir, or stop that run first \(evaluation may run alongside\)$"
+        % (re.escape(model_dir), first.pid), errors[0]), out[-3000:]
+    code, out = run_entry("--model_dir=" + model_dir, "--mode=eval")
+    assert code == 0, out[-3000:]
+  finally:
+    first.kill()  # SIGKILL: its lock file stays behind, the kernel frees the lock
+    first.wait(timeout=120)
+  code, out = run_entry("--model_dir=" + model_dir, "--mode=train", "--train_steps=1")
+  assert code == 0, out
+  assert "taking over the training lock of process %d" % first.pid in out
