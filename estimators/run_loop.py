@@ -9,7 +9,6 @@ Entry scripts are two lines (`run_loop.main("amoeba_net")`). Modes:
 A SavedModel is exported to --export_dir after training when the model has a serving input.
 Every run ends with one parseable line: `Final metrics: {json}`.
 """
-import contextlib
 import json
 import os
 import time
@@ -208,7 +207,7 @@ class Runner(object):
     self.model = model
     self.flags = flag_values
     self.backend = backend
-    self.stop = stop or run_control.GracefulStop()  # not entered: signals act as usual
+    self.stop = stop or run_control.GracefulStop()  # unless entered, signals act as usual
     npu_opts = npu_options(flag_values)
     config = run_config_lib.build_run_config(backend, run_options(flag_values), npu_opts)
     params = dict(model.params(flag_values))
@@ -319,11 +318,6 @@ class Runner(object):
     return getattr(self, "run_" + self.flags.mode)()
 
 
-@contextlib.contextmanager
-def _nothing():
-  yield
-
-
 def run(model, flag_values):
   """Validates everything, then runs `flag_values.mode`; returns the final metrics."""
   check_common_flags(flag_values)
@@ -335,10 +329,12 @@ def run(model, flag_values):
   validation.check_npu_options(npu_options(flag_values))
   backend = backend_lib.activate(backend_lib.select_backend(flag_values.device))
   tf.gfile.MakeDirs(flag_values.model_dir)
-  trains = flag_values.mode in ("train", "train_and_eval")
-  with run_control.GracefulStop() as stop:
-    runner = Runner(model, flag_values, backend, stop)
-    with run_control.TrainingLock(flag_values.model_dir) if trains else _nothing():
+  stop = run_control.GracefulStop()
+  runner = Runner(model, flag_values, backend, stop)
+  if flag_values.mode not in ("train", "train_and_eval"):  # signals act as usual
+    metrics = runner.run()
+  else:
+    with stop, run_control.TrainingLock(flag_values.model_dir):
       try:
         metrics = runner.run()
       except run_control.Interrupted as interrupted:

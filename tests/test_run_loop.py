@@ -229,3 +229,14 @@ def test_a_second_trainer_in_the_same_model_dir_is_refused(tmp_path):
   code, out = run_entry("--model_dir=" + model_dir, "--mode=train", "--train_steps=1")
   assert code == 0, out
   assert "taking over the training lock of process %d" % first.pid in out
+
+
+def test_signals_stop_a_waiting_continuous_eval_as_usual(tmp_path):
+  model_dir = str(tmp_path / "run")
+  code, out = run_entry("--model_dir=" + model_dir, "--mode=train", "--train_steps=5")
+  assert code == 0, out
+  process, log = _start(tmp_path, "eval", "--model_dir=" + model_dir,
+                        "--mode=continuous_eval", "--train_steps=100")
+  _wait_for(log, "Saving dict for global step 5", process)
+  process.send_signal(signal.SIGTERM)
+  assert process.wait(timeout=60) == -signal.SIGTERM, "only training stops gracefully"
