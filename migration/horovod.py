@@ -4,8 +4,6 @@ Huawei's tool maps Horovod to HCCL (migration_tool.md §2.8); `migration.convert
 `hvd.X` to these. The rank comes from RANK_ID/RANK_SIZE, as the ModelZoo launch scripts
 set them. Off the NPU a run is one process: several ranks there need tf.distribute.
 """
-import os
-
 import tensorflow.compat.v1 as tf
 
 from migration import compat
@@ -13,15 +11,11 @@ from migration import optimizers
 from migration import runtime
 
 
-def _check_single_process_off_npu():
-  if not runtime.settings().backend.is_npu and int(os.environ.get("RANK_SIZE", "1")) > 1:
-    raise SystemExit("error: RANK_SIZE=%s: Horovod ranks map to NPU devices (HCCL); off the "
-                     "NPU run one process or use tf.distribute" % os.environ["RANK_SIZE"])
-
-
 def init(comm=None):
   del comm
-  _check_single_process_off_npu()
+  if not runtime.settings().backend.is_npu and optimizers.rank_size() > 1:
+    raise SystemExit("error: RANK_SIZE=%d: Horovod ranks map to NPU devices (HCCL); off the "
+                     "NPU run one process or use tf.distribute" % optimizers.rank_size())
 
 
 def size():

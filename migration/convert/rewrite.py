@@ -214,7 +214,7 @@ class _Rewriter(ast.NodeTransformer):
         if not _is_true(kw.value) or keyword != "drop_remainder":
           kw.value = self._wrap(kw.value, wrapper, call.lineno, rule)
         return
-    positional = [a for a in call.args if not isinstance(a, getattr(ast, "Starred", ()))]
+    positional = [a for a in call.args if not isinstance(a, ast.Starred)]
     if index is not None and len(positional) == len(call.args) > index:
       if not (_is_true(call.args[index]) and keyword == "drop_remainder"):
         call.args[index] = self._wrap(call.args[index], wrapper, call.lineno, rule)
