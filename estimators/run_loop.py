@@ -11,6 +11,7 @@ Every run ends with one parseable line: `Final metrics: {json}`.
 """
 import json
 import os
+import re
 import time
 
 import numpy as np
@@ -19,6 +20,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from estimators import checkpoints
 from estimators import registry
 from estimators import run_control
 from migration import backend as backend_lib
@@ -110,6 +112,21 @@ def run_options(flag_values):
       inter_op_threads=flag_values.inter_op_threads)
 
 
+def _check_writable(flag_name, folder):
+  """Creates `folder` and writes a probe file in it: the one test that holds for every
+  file system and user (root ignores permission bits; read-only mounts do not)."""
+  probe = os.path.join(folder, ".write_probe.%d" % os.getpid())
+  try:
+    tf.gfile.MakeDirs(folder)
+    with tf.gfile.GFile(probe, "w") as out:
+      out.write("")
+    tf.gfile.Remove(probe)
+  except (tf.errors.OpError, OSError) as error:
+    reason = getattr(error, "message", None) or str(error)
+    raise validation.ConfigError("--%s: cannot write in %s (%s)" % (flag_name, folder,
+                                                                   reason.splitlines()[0]))
+
+
 def check_common_flags(flag_values):
   """Raises ConfigError (one line) on bad run-loop flags, before any graph is built."""
   if not flag_values.model_dir:
@@ -132,18 +149,85 @@ def check_common_flags(flag_values):
     raise validation.ConfigError("--mode=%s: no checkpoint in --model_dir=%s; train first "
                                  "or pass --checkpoint_path" % (flag_values.mode,
                                                                 flag_values.model_dir))
+  _check_writable("model_dir", flag_values.model_dir)
+  if flag_values.mode == "predict":
+    _check_writable("predictions_file", os.path.dirname(os.path.abspath(
+        predictions_path(flag_values))))
+
+
+def predictions_path(flag_values):
+  return flag_values.predictions_file or os.path.join(flag_values.model_dir,
+                                                      "predictions.jsonl")
+
+
+def checkpoint_to_read(flag_values):
+  """The checkpoint eval/predict read: --checkpoint_path, which must be intact, else the
+  newest intact one in --model_dir (a corrupt newer one is named and skipped)."""
+  if flag_values.checkpoint_path:
+    try:
+      checkpoints.verify(flag_values.checkpoint_path)
+    except checkpoints.CheckpointError as error:
+      raise validation.ConfigError("--checkpoint_path: %s" % error)
+    return flag_values.checkpoint_path
+  intact, corrupt = checkpoints.newest_intact(flag_values.model_dir)
+  if intact is None:
+    raise validation.ConfigError("--model_dir=%s holds no intact checkpoint (corrupt: %s)"
+                                 % (flag_values.model_dir, ", ".join(corrupt)))
+  if corrupt:
+    logging.warning("reading %s, the newest intact checkpoint", intact)
+  return intact
 
 
 class DataError(ValueError):
   """Input data found broken while running (the message names the file)."""
 
 
-def run_reading(input_fn, work):
-  """Runs `work()`; a corrupt TFRecord surfacing as DataLossError is re-raised as a
-  DataError naming the shard (input_fns that read TFRecords expose `input_fn.files`)."""
+class DiskFullError(OSError):
+  """The disk filled up while writing (one line; partial checkpoint files removed)."""
+
+
+_NO_SPACE = "No space left on device"
+_LABEL_OUT_OF_RANGE = re.compile(r"Received a label value of (-?\d+) which is outside the "
+                                 r"valid range of \[0, (\d+)\)")
+
+
+def _data_source(input_fn, flag_values):
+  files = getattr(input_fn, "files", None)
+  return ", ".join(files[:3]) + (" ..." if len(files) > 3 else "") if files else (
+      "--data_dir=%s" % flag_values.data_dir)
+
+
+def _remove_partial_checkpoints(model_dir):
+  """Removes what an interrupted Saver leaves: `<prefix>_temp*` folders and files."""
+  for partial in tf.gfile.Glob(os.path.join(model_dir, "*_temp*")):
+    if tf.gfile.IsDirectory(partial):
+      tf.gfile.DeleteRecursively(partial)
+    else:
+      tf.gfile.Remove(partial)
+
+
+def run_reading(input_fn, work, flag_values):
+  """Runs `work()`, turning what the data or the disk can do to a run into one line:
+  a corrupt TFRecord (DataLossError) names the shard (input_fns that read TFRecords expose
+  `input_fn.files`); a label outside the model's classes names the data; a full disk
+  says so, after removing the partial checkpoint files it left."""
   try:
     return work()
-  except tf.errors.DataLossError as error:
+  except (tf.errors.OpError, OSError) as error:
+    message = getattr(error, "message", None) or str(error)
+    if _NO_SPACE in message:
+      _remove_partial_checkpoints(flag_values.model_dir)
+      raise DiskFullError("no space left on the device of --model_dir=%s; partial "
+                          "checkpoint files removed, the newest complete checkpoint is %s"
+                          % (flag_values.model_dir,
+                             tf.train.latest_checkpoint(flag_values.model_dir)))
+    label = _LABEL_OUT_OF_RANGE.search(message)
+    if isinstance(error, tf.errors.InvalidArgumentError) and label:
+      raise DataError("%s holds label %s, outside the model's %s classes [0, %s)" % (
+          _data_source(input_fn, flag_values), label.group(1), label.group(2),
+          label.group(2)))
+    if not isinstance(error, tf.errors.DataLossError):
+      raise
     from input_fns import imagenet  # pylint: disable=g-import-not-at-top
     files = getattr(input_fn, "files", None)
     if files:
@@ -151,7 +235,8 @@ def run_reading(input_fn, work):
         imagenet.check_tfrecords(files)
       except ValueError as named:
         raise DataError(str(named))
-    raise DataError("corrupt input data: %s" % error.message)
+    raise DataError("corrupt input data in %s: %s" % (_data_source(input_fn, flag_values),
+                                                      message.splitlines()[0]))
 
 
 class ExamplesPerSecondHook(tf.train.SessionRunHook):
@@ -208,6 +293,7 @@ class Runner(object):
     self.flags = flag_values
     self.backend = backend
     self.stop = stop or run_control.GracefulStop()  # unless entered, signals act as usual
+    self.model_flags = model_flag_values(model, flag_values)
     npu_opts = npu_options(flag_values)
     config = run_config_lib.build_run_config(backend, run_options(flag_values), npu_opts)
     params = dict(model.params(flag_values))
@@ -229,14 +315,23 @@ class Runner(object):
       return 0
     return int(tf.train.load_variable(latest, tf.GraphKeys.GLOBAL_STEP))
 
+  def compatibility_hook(self, checkpoint_path=None):
+    return checkpoints.CompatibilityHook(checkpoint_path, self.flags.model_dir,
+                                         self.model_flags)
+
   def train(self, max_steps):
+    divergence = checkpoints.DivergenceHook()
     hooks = [ExamplesPerSecondHook(self.flags.train_batch_size,
                                    self.flags.log_step_count_steps, self.flags.model_dir),
-             self.stop.hook()]
+             self.stop.hook(), divergence, self.compatibility_hook()]
     start = time.time()
     input_fn = self.model.input_fn(self.flags, tf.estimator.ModeKeys.TRAIN)
-    run_reading(input_fn, lambda: self.estimator.train(input_fn, max_steps=max_steps,
-                                                       hooks=hooks))
+    try:
+      run_reading(input_fn, lambda: self.estimator.train(
+          input_fn, max_steps=max_steps, hooks=hooks,
+          saving_listeners=[checkpoints.FiniteWeightsListener()]), self.flags)
+    except tf.train.NanLossDuringTrainingError:
+      raise divergence.error(self.flags.model_dir)
     self.stop.check()
     return time.time() - start
 
@@ -245,7 +340,7 @@ class Runner(object):
     try:
       results = run_reading(input_fn, lambda: self.estimator.evaluate(
           input_fn, steps=self.model.eval_steps(self.flags), checkpoint_path=checkpoint_path,
-          hooks=[self.stop.hook()]))
+          hooks=[self.stop.hook(), self.compatibility_hook(checkpoint_path)]), self.flags)
     except estimator_lib.EmptyEvaluationError:
       self.stop.check()  # a stopped evaluation counted nothing: that is no data error
       raise DataError("the evaluation saw no examples (--eval_batch_size=%d, --eval_steps=%s): "
@@ -277,14 +372,21 @@ class Runner(object):
     return dict(results, mode="train_and_eval", train_seconds=seconds)
 
   def run_eval(self):
-    return dict(self.evaluate(self.flags.checkpoint_path), mode="eval")
+    return dict(self.evaluate(checkpoint_to_read(self.flags)), mode="eval")
 
   def run_continuous_eval(self):
-    results = {}
+    results, evaluated = {}, None
     total = self.model.train_steps(self.flags)
     for path in tf.train.checkpoints_iterator(self.flags.model_dir,
                                               timeout=self.flags.eval_timeout):
-      results = self.evaluate(path)
+      try:
+        checkpoints.verify(path)
+      except checkpoints.CheckpointError as error:
+        logging.warning("%s; evaluating the newest intact checkpoint instead", error)
+        path, _ = checkpoints.newest_intact(self.flags.model_dir)
+        if path is None or path == evaluated:
+          continue
+      results, evaluated = self.evaluate(path), path
       if results.get("global_step", 0) >= total:
         break
     if not results:
@@ -292,16 +394,22 @@ class Runner(object):
     return dict(results, mode="continuous_eval")
 
   def run_predict(self):
-    path = self.flags.predictions_file or os.path.join(self.flags.model_dir,
-                                                       "predictions.jsonl")
-    count = 0
-    with tf.gfile.GFile(path + ".tmp", "w") as out:
-      for prediction in self.estimator.predict(
-          self.model.input_fn(self.flags, tf.estimator.ModeKeys.PREDICT),
-          checkpoint_path=self.flags.checkpoint_path):
-        out.write(json.dumps({k: _jsonable(v) for k, v in prediction.items()}) + "\n")
-        count += 1
-    tf.gfile.Rename(path + ".tmp", path, overwrite=True)
+    path = predictions_path(self.flags)
+    checkpoint_path = checkpoint_to_read(self.flags)
+    input_fn = self.model.input_fn(self.flags, tf.estimator.ModeKeys.PREDICT)
+
+    def write_predictions():
+      count = 0
+      with tf.gfile.GFile(path + ".tmp", "w") as out:
+        for prediction in self.estimator.predict(
+            input_fn, checkpoint_path=checkpoint_path,
+            hooks=[self.compatibility_hook(checkpoint_path)]):
+          out.write(json.dumps({k: _jsonable(v) for k, v in prediction.items()}) + "\n")
+          count += 1
+      tf.gfile.Rename(path + ".tmp", path, overwrite=True)
+      return count
+
+    count = run_reading(input_fn, write_predictions, self.flags)
     logging.info("Wrote %d predictions to %s", count, path)
     return {"mode": "predict", "predictions": count, "predictions_file": path}
 
@@ -328,13 +436,14 @@ def run(model, flag_values):
     raise validation.ConfigError(str(e))
   validation.check_npu_options(npu_options(flag_values))
   backend = backend_lib.activate(backend_lib.select_backend(flag_values.device))
-  tf.gfile.MakeDirs(flag_values.model_dir)
   stop = run_control.GracefulStop()
   runner = Runner(model, flag_values, backend, stop)
   if flag_values.mode not in ("train", "train_and_eval"):  # signals act as usual
     metrics = runner.run()
   else:
     with stop, run_control.TrainingLock(flag_values.model_dir):
+      if not checkpoints.set_aside_corrupt(flag_values.model_dir):
+        checkpoints.write_flags(flag_values.model_dir, runner.model_flags)
       try:
         metrics = runner.run()
       except run_control.Interrupted as interrupted:
@@ -345,15 +454,33 @@ def run(model, flag_values):
   return metrics
 
 
-def parse_flags(model_name, argv):
-  """Defines (once per process) and parses the flags of `model_name`; returns
-  (model, FLAGS). For tests and benchmarks that run the loop in-process."""
+# Names of each model's own flags, as defined (the architecture a checkpoint depends on).
+_MODEL_FLAG_NAMES = {}
+
+
+def define_flags(model_name):
+  """Defines the common flags and those of `model_name`, once per process; returns the
+  model."""
   model = registry.get(model_name)
   if "mode" not in FLAGS:
     define_common_flags()
-  if not getattr(model, "_flags_defined", False):
+  if model_name not in _MODEL_FLAG_NAMES:
+    defined = set(FLAGS)
     model.define_flags()
-    type(model)._flags_defined = True
+    _MODEL_FLAG_NAMES[model_name] = sorted(set(FLAGS) - defined)
+  return model
+
+
+def model_flag_values(model, flag_values):
+  """{name: value} of the model's own flags (recorded in the model_dir's flags.json)."""
+  return {name: flag_values[name].value for name in _MODEL_FLAG_NAMES.get(model.name, ())
+          if name in flag_values}
+
+
+def parse_flags(model_name, argv):
+  """Defines (once per process) and parses the flags of `model_name`; returns
+  (model, FLAGS). For tests and benchmarks that run the loop in-process."""
+  model = define_flags(model_name)
   FLAGS.unparse_flags()
   FLAGS([model_name] + list(argv))
   return model, FLAGS
@@ -361,9 +488,7 @@ def parse_flags(model_name, argv):
 
 def main(model_name):
   """Entry point of `<model>.py` scripts: defines flags, parses argv, runs."""
-  model = registry.get(model_name)
-  define_common_flags()
-  model.define_flags()
+  model = define_flags(model_name)
 
   def _main(argv):
     if len(argv) > 1:
@@ -373,8 +498,9 @@ def main(model_name):
     tf.get_logger().propagate = False  # TF's own handler prints it; absl would print it again
     try:
       run(model, FLAGS)
-    except (validation.ConfigError, backend_lib.BackendError, DataError,
-            run_control.LockedError) as e:
+    except (validation.ConfigError, backend_lib.BackendError, DataError, DiskFullError,
+            run_control.LockedError, checkpoints.CheckpointError,
+            checkpoints.DivergedError) as e:
       raise SystemExit("error: %s" % e)
     except run_control.Interrupted as interrupted:
       raise SystemExit(interrupted.exit_code)

@@ -1,4 +1,5 @@
 """The shared run loop end to end, through the `tests.tiny_entry` script and in-process."""
+import argparse
 import json
 import os
 import re
@@ -7,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import tensorflow.compat.v1 as tf
 
@@ -240,3 +242,132 @@ def test_signals_stop_a_waiting_continuous_eval_as_usual(tmp_path):
   _wait_for(log, "Saving dict for global step 5", process)
   process.send_signal(signal.SIGTERM)
   assert process.wait(timeout=60) == -signal.SIGTERM, "only training stops gracefully"
+
+
+# --- Checkpoints under fault: corrupt, of another configuration, NaN; disk and folders --
+
+def only_error_line(out):
+  errors = [l for l in out.splitlines() if l.startswith("error: ")]
+  assert len(errors) == 1 and "Traceback" not in out, out[-3000:]
+  return errors[0]
+
+
+def truncate(path, keep_fraction=0.5):
+  with open(path, "r+b") as f:
+    f.truncate(int(os.path.getsize(path) * keep_fraction))
+
+
+@pytest.fixture(scope="module")
+def three_checkpoints(tmp_path_factory):
+  """A model_dir with checkpoints 0, 20 and 40 (copied per test)."""
+  model_dir = str(tmp_path_factory.mktemp("trained") / "run")
+  code, out = run_entry("--model_dir=" + model_dir, "--mode=train", "--train_steps=40",
+                        "--save_checkpoints_steps=20")
+  assert code == 0, out
+  return model_dir
+
+
+def corrupted_copy(three_checkpoints, tmp_path):
+  import shutil  # pylint: disable=g-import-not-at-top
+  model_dir = str(tmp_path / "run")
+  shutil.copytree(three_checkpoints, model_dir)
+  with open(os.path.join(model_dir, "checkpoint")) as f:  # paths are absolute: retarget
+    state = f.read().replace(three_checkpoints, model_dir)
+  with open(os.path.join(model_dir, "checkpoint"), "w") as f:
+    f.write(state)
+  truncate(os.path.join(model_dir, "model.ckpt-40.data-00000-of-00001"))
+  return model_dir
+
+
+def test_eval_falls_back_from_a_corrupt_newest_checkpoint(three_checkpoints, tmp_path):
+  model_dir = corrupted_copy(three_checkpoints, tmp_path)
+  code, out = run_entry("--model_dir=" + model_dir, "--mode=eval")
+  assert code == 0, out[-3000:]
+  assert "checkpoint %s/model.ckpt-40 is corrupt" % model_dir in out
+  assert final_metrics(out)["global_step"] == 20
+
+  code, out = run_entry("--model_dir=" + model_dir, "--mode=eval",
+                        "--checkpoint_path=%s/model.ckpt-40" % model_dir)
+  assert code != 0
+  assert only_error_line(out).startswith(
+      "error: --checkpoint_path: checkpoint %s/model.ckpt-40 is corrupt: " % model_dir)
+
+
+def test_training_resumes_from_the_newest_intact_checkpoint(three_checkpoints, tmp_path):
+  model_dir = corrupted_copy(three_checkpoints, tmp_path)
+  code, out = run_entry("--model_dir=" + model_dir, "--mode=train", "--train_steps=50")
+  assert code == 0, out[-3000:]
+  assert "Restoring parameters from %s/model.ckpt-20" % model_dir in out
+  assert final_metrics(out)["global_step"] == 50
+  assert sorted(os.listdir(os.path.join(model_dir, "corrupt"))) == [
+      "model.ckpt-40.data-00000-of-00001", "model.ckpt-40.index", "model.ckpt-40.meta"]
+
+
+def test_a_checkpoint_of_another_configuration_names_the_flag(three_checkpoints, tmp_path):
+  model_dir = three_checkpoints
+  for mode in ("train", "eval"):
+    code, out = run_entry("--model_dir=" + model_dir, "--mode=" + mode, "--train_steps=60",
+                          "--tiny_hidden=8")
+    assert code != 0
+    assert only_error_line(out) == (
+        "error: checkpoint %s/model.ckpt-40 was written by another configuration: variable "
+        "hidden/kernel is [8, 16] there and [8, 8] here; flags that differ from the run that "
+        "wrote it: --tiny_hidden=16 (now 8)" % model_dir)
+  assert tf.train.latest_checkpoint(model_dir).endswith("model.ckpt-40")
+
+
+@pytest.mark.parametrize("save_every", [1, 1000])
+def test_divergence_stops_with_the_step_and_never_saves_nan(tmp_path, save_every):
+  """lr=NaN: the first update makes every weight NaN; the step-1 save (save_every=1) or
+  the step-2 loss (no save in between) stops the run; model.ckpt-0 stays the newest."""
+  model_dir = str(tmp_path / "run")
+  code, out = run_entry("--model_dir=" + model_dir, "--mode=train", "--train_steps=10",
+                        "--tiny_learning_rate=nan",
+                        "--save_checkpoints_steps=%d" % save_every)
+  assert code != 0
+  line = only_error_line(out)
+  assert line.startswith("error: training diverged: "), line
+  assert re.search(r"at step \d", line), line
+  newest = tf.train.latest_checkpoint(model_dir)
+  assert newest.endswith("model.ckpt-0")
+  reader = tf.train.NewCheckpointReader(newest)
+  assert all(np.all(np.isfinite(reader.get_tensor(name)))
+             for name in reader.get_variable_to_shape_map())
+
+
+def test_labels_outside_the_classes_name_the_data(tmp_path):
+  code, out = run_entry("--model_dir=" + str(tmp_path / "run"), "--mode=train",
+                        "--train_steps=5", "--tiny_label_shift=3")
+  assert code != 0
+  assert re.match(r"error: --data_dir=None holds label [4-6], outside the model's 4 classes "
+                  r"\[0, 4\)$", only_error_line(out))
+
+
+@pytest.mark.parametrize("flag", ["model_dir", "predictions_file"])
+def test_unwritable_folders_are_refused_before_any_work(tmp_path, flag):
+  model_dir = str(tmp_path / "run")
+  if flag == "predictions_file":
+    assert run_entry("--model_dir=" + model_dir, "--mode=train", "--train_steps=1")[0] == 0
+  args = {"model_dir": ["--model_dir=/proc/no_such/run"],
+          "predictions_file": ["--model_dir=" + model_dir, "--mode=predict",
+                               "--predictions_file=/proc/no_such/p.jsonl"]}[flag]
+  code, out = run_entry(*args)
+  assert code != 0
+  assert only_error_line(out).startswith("error: --%s: cannot write in /proc/no_such" % flag)
+
+
+def test_a_full_disk_is_named_and_leaves_no_partial_checkpoint(tmp_path):
+  model_dir = tmp_path / "run"
+  partial = model_dir / "model.ckpt-7_temp_0123abcd"
+  partial.mkdir(parents=True)
+  (partial / "part-00000-of-00001.data-00000-of-00001").write_bytes(b"x" * 10)
+  flag_values = argparse.Namespace(model_dir=str(model_dir), data_dir=None)
+
+  def fill_disk():
+    raise tf.errors.ResourceExhaustedError(None, None, "%s/model.ckpt-7_temp_0123abcd; No "
+                                           "space left on device" % model_dir)
+
+  with pytest.raises(run_loop.DiskFullError, match="no space left on the device of "
+                     "--model_dir=%s; partial checkpoint files removed" % model_dir):
+    run_loop.run_reading(None, fill_disk, flag_values)
+  assert not partial.exists()

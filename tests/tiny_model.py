@@ -21,7 +21,7 @@ def make_blobs(num_examples, seed):
 
 def tiny_model_fn(features, labels, mode, params):
   training = mode == tf.estimator.ModeKeys.TRAIN
-  hidden = tf.nn.relu(layers.dense(features["x"], 16, name="hidden"))
+  hidden = tf.nn.relu(layers.dense(features["x"], params.get("hidden", 16), name="hidden"))
   hidden = layers.dropout(hidden, params.get("dropout", 0.0), training)
   logits = layers.dense(hidden, NUM_CLASSES, name="logits")
   predictions = {"classes": tf.argmax(logits, -1), "probabilities": tf.nn.softmax(logits)}
@@ -39,10 +39,11 @@ def tiny_model_fn(features, labels, mode, params):
                                     eval_metric_ops=metrics)
 
 
-def blobs_input_fn(mode, num_examples):
+def blobs_input_fn(mode, num_examples, label_shift=0):
   def _input_fn(params):
     training = mode == tf.estimator.ModeKeys.TRAIN
     x, y = make_blobs(num_examples, seed=0 if training else 1)
+    y = y + label_shift
     ds = tf.data.Dataset.from_tensor_slices(({"x": x}, y))
     if training:
       ds = ds.repeat().shuffle(256)
@@ -56,17 +57,19 @@ class TinyModel(registry.Model):
   def define_flags(self):
     flags.DEFINE_float("tiny_learning_rate", 0.1, "Learning rate.")
     flags.DEFINE_integer("tiny_examples", 256, "Examples per split.")
+    flags.DEFINE_integer("tiny_hidden", 16, "Hidden units (another value: another model).")
+    flags.DEFINE_integer("tiny_label_shift", 0, "Added to every label (bad data on demand).")
     flags.FLAGS.set_default("train_batch_size", 32)
     flags.FLAGS.set_default("eval_batch_size", 64)
 
   def params(self, flags_):
-    return {"learning_rate": flags_.tiny_learning_rate}
+    return {"learning_rate": flags_.tiny_learning_rate, "hidden": flags_.tiny_hidden}
 
   def model_fn(self, features, labels, mode, params):
     return tiny_model_fn(features, labels, mode, params)
 
   def input_fn(self, flags_, mode):
-    return blobs_input_fn(mode, flags_.tiny_examples)
+    return blobs_input_fn(mode, flags_.tiny_examples, flags_.tiny_label_shift)
 
   def train_steps(self, flags_):
     return flags_.train_steps or 20

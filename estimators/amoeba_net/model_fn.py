@@ -199,13 +199,15 @@ def model_fn(features, labels, mode, params):
   tf.summary.scalar("losses/" + TOTAL_LOSS_NAME, loss)
 
   optimizer = build_optimizer(params, lr)
+  grads_and_vars = optimizer.compute_gradients(loss)
+  clip_norm = params["gradient_clipping_by_global_norm"]
+  if clip_norm > 0:
+    grads, variables = zip(*grads_and_vars)
+    grads, _ = tf.clip_by_global_norm(grads, clip_norm)
+    grads_and_vars = list(zip(grads, variables))
+  # Only the update waits for UPDATE_OPS: gradient ops built inside that block would each
+  # carry a control input per BN statistic (most of the GraphDef, .meta and events bytes).
   with tf.control_dependencies(tf.get_collection(tf.GraphKeys.UPDATE_OPS)):
-    grads_and_vars = optimizer.compute_gradients(loss)
-    clip_norm = params["gradient_clipping_by_global_norm"]
-    if clip_norm > 0:
-      grads, variables = zip(*grads_and_vars)
-      grads, _ = tf.clip_by_global_norm(grads, clip_norm)
-      grads_and_vars = list(zip(grads, variables))
     train_op = optimizer.apply_gradients(grads_and_vars, global_step=global_step)
   if params["moving_average_decay"] > 0:
     with tf.control_dependencies([train_op]):
