@@ -215,10 +215,25 @@ class TransferModel(registry.Model):
     """Builds the network on `images` (inference mode) in the current graph."""
     raise NotImplementedError
 
+  def check_inputs(self, flag_values):
+    recipe = self.recipe(flag_values)
+    source = make_source(flag_values.dataset, flag_values.data_dir)
+    if flag_values.mode in ("train", "train_and_eval"):
+      source.check_records(recipe["train_split"])
+    if flag_values.mode != "train":
+      source.check_records(recipe["eval_split"])
+    if recipe["weights"]:
+      self.check_weights(recipe)
+
   def check_weights(self, params):
-    """Raises WeightsMismatchError now (graph only, no values) if the file does not fit."""
+    """Raises a WeightsError (first line: the file) unless the file fits the network in
+    dtype, shape and values. The expected shapes come from building the network in a
+    throwaway graph: the network code stays the one description of its variables (a
+    shape table per variant would be a second one), and building allocates no values.
+    Then every array is read once and must be finite."""
     with tf.Graph().as_default():
       size = params["image_size"]
       self.build_network(tf.placeholder(tf.float32, [1, size, size, 3]), params)
-      self.weights_module.plan(params["weights"], tf.trainable_variables(),
-                               params["num_classes"], params["reset_head"])
+      source, _ = self.weights_module.plan(params["weights"], tf.trainable_variables(),
+                                           params["num_classes"], params["reset_head"])
+    source.check_values()

@@ -4,9 +4,12 @@ A model-specific loader turns the file's keys into canonical keys (`NpzSource`),
 pairs every variable with the key that feeds it and an optional transform such as
 position-embedding interpolation (`Entry`). This module does the generic parts:
 
-- reads key names and shapes from the .npy headers inside the .npz without loading any
-  array, so a mismatch is reported before the graph is run;
+- reads key names, shapes and dtypes from the .npy headers inside the .npz without
+  loading any array, refusing anything but float and integer arrays;
 - collects every missing, extra and mis-shaped key into one `WeightsMismatchError`;
+- `NpzSource.check_values` reads every array once, one at a time, and refuses NaN/inf.
+  Models run these checks before the run builds its graph (`check_inputs`), so a bad
+  file stops the run with one line naming the file and the key;
 - builds a `tf.train.Scaffold` whose `init_fn` assigns the values through placeholders
   (no multi-GB constants in the GraphDef). `init_fn` only runs when the session
   initialises variables from scratch, i.e. when model_dir holds no checkpoint: a fresh
@@ -24,7 +27,11 @@ from numpy.lib import format as npy_format
 ASSIGN_CHUNK_BYTES = 256 * 1024 ** 2
 
 
-class WeightsMismatchError(ValueError):
+class WeightsError(ValueError):
+  """A weights file that cannot be used; the message's first line names the file."""
+
+
+class WeightsMismatchError(WeightsError):
   """The file does not fit the model: lists all missing, extra and mis-shaped keys."""
 
   def __init__(self, path, missing=(), extra=(), mismatched=()):
@@ -45,11 +52,25 @@ class WeightsMismatchError(ValueError):
     super(WeightsMismatchError, self).__init__("\n".join(lines))
 
 
+def check_dtype(path, key, dtype):
+  """Refuses all but float and integer arrays: object arrays only load by unpickling, and
+  strings, booleans and complex numbers are not weights."""
+  if dtype.kind not in "fiu":
+    raise WeightsError("weights file %s: key %s has dtype %s, expected a float or integer "
+                       "array" % (path, key, dtype))
+
+
+def check_finite(path, key, array):
+  if array.dtype.kind == "f" and not np.isfinite(array).all():
+    raise WeightsError("weights file %s: key %s holds NaN/inf" % (path, key))
+
+
 def read_shapes(path):
-  """Returns {key: shape} of an .npz file, reading only the .npy headers."""
+  """Returns {key: shape} of an .npz file, reading only the .npy headers; refuses
+  non-numeric dtypes (`check_dtype`)."""
   if not tf.io.gfile.exists(path):
-    raise ValueError("weights file %s does not exist" % path)
-  shapes = {}
+    raise WeightsError("weights file %s does not exist" % path)
+  headers = {}
   try:
     with tf.io.gfile.GFile(path, "rb") as handle, zipfile.ZipFile(handle) as archive:
       for member in archive.namelist():
@@ -58,15 +79,25 @@ def read_shapes(path):
         with archive.open(member) as npy:
           version = npy_format.read_magic(npy)
           if version == (1, 0):
-            shape, _, _ = npy_format.read_array_header_1_0(npy)
+            shape, _, dtype = npy_format.read_array_header_1_0(npy)
           else:
-            shape, _, _ = npy_format.read_array_header_2_0(npy)
-        shapes[member[:-len(".npy")]] = tuple(shape)
+            shape, _, dtype = npy_format.read_array_header_2_0(npy)
+        headers[member[:-len(".npy")]] = (tuple(shape), dtype)
   except (zipfile.BadZipfile, ValueError, OSError, tf.errors.OpError) as error:
-    raise ValueError("weights file %s is not a readable .npz archive: %s" % (path, error))
-  if not shapes:
-    raise ValueError("weights file %s holds no arrays" % path)
-  return shapes
+    raise WeightsError("weights file %s is not a readable .npz archive: %s" % (path, error))
+  if not headers:
+    raise WeightsError("weights file %s holds no arrays" % path)
+  for key, (_, dtype) in sorted(headers.items()):
+    check_dtype(path, key, dtype)
+  return {key: shape for key, (shape, _) in headers.items()}
+
+
+def _load(path, archive, file_key):
+  """archive[file_key]; a damaged member is named (the header read did not see it)."""
+  try:
+    return archive[file_key]
+  except (zipfile.BadZipfile, ValueError, OSError, EOFError) as error:
+    raise WeightsError("weights file %s: key %s cannot be read: %s" % (path, file_key, error))
 
 
 class NpzSource(object):
@@ -78,6 +109,7 @@ class NpzSource(object):
 
   def __init__(self, path, locations, file_shapes):
     self.path = path
+    self.file_keys = sorted(file_shapes)
     self.locations = dict(locations)
     self.shapes = {}
     for key, (file_key, index) in self.locations.items():
@@ -97,8 +129,16 @@ class NpzSource(object):
       for key in order:
         file_key, index = self.locations[key]
         if file_key != cached_key:
-          cached_key, cached = file_key, archive[file_key]
+          cached_key, cached = file_key, _load(self.path, archive, file_key)
         yield key, cached if index is None else cached[index]
+
+  def check_values(self):
+    """Reads every array of the file once, one at a time (memory: the largest array), and
+    raises a WeightsError naming the first file key that holds NaN/inf."""
+    with tf.io.gfile.GFile(self.path, "rb") as handle:
+      archive = np.load(handle, allow_pickle=False)
+      for file_key in self.file_keys:
+        check_finite(self.path, file_key, _load(self.path, archive, file_key))
 
 
 def variable_name(variable, scope=""):

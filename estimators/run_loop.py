@@ -149,6 +149,11 @@ def check_common_flags(flag_values):
     raise validation.ConfigError("--mode=%s: no checkpoint in --model_dir=%s; train first "
                                  "or pass --checkpoint_path" % (flag_values.mode,
                                                                 flag_values.model_dir))
+
+
+def prepare_output_folders(flag_values):
+  """Creates --model_dir (and the predictions file's folder) after every check has
+  passed, so that a refused run leaves no empty folder; one line if they are not writable."""
   _check_writable("model_dir", flag_values.model_dir)
   if flag_values.mode == "predict":
     _check_writable("predictions_file", os.path.dirname(os.path.abspath(
@@ -198,8 +203,10 @@ def _data_source(input_fn, flag_values):
 
 
 def _remove_partial_checkpoints(model_dir):
-  """Removes what an interrupted Saver leaves: `<prefix>_temp*` folders and files."""
-  for partial in tf.gfile.Glob(os.path.join(model_dir, "*_temp*")):
+  """Removes what an interrupted write leaves: the Saver's `<prefix>_temp*` folders and
+  the `<file>.tmp<hex>` of TF's atomic writes (.meta, the `checkpoint` state file)."""
+  for partial in (tf.gfile.Glob(os.path.join(model_dir, "*_temp*")) +
+                  tf.gfile.Glob(os.path.join(model_dir, "*.tmp*"))):
     if tf.gfile.IsDirectory(partial):
       tf.gfile.DeleteRecursively(partial)
     else:
@@ -438,6 +445,7 @@ def run(model, flag_values):
   backend = backend_lib.activate(backend_lib.select_backend(flag_values.device))
   stop = run_control.GracefulStop()
   runner = Runner(model, flag_values, backend, stop)
+  prepare_output_folders(flag_values)
   if flag_values.mode not in ("train", "train_and_eval"):  # signals act as usual
     metrics = runner.run()
   else:

@@ -36,10 +36,12 @@ import os
 import shutil
 import struct
 import tempfile
+import zlib
 
 import numpy as np
 import tensorflow.compat.v1 as tf
 
+from input_fns import record_checks
 from preprocessing import pad_crop_flip
 
 IMAGE_SIZE = 28
@@ -75,7 +77,7 @@ def _read_gzip(path):
   try:
     with gzip.open(path, "rb") as f:
       return f.read()
-  except (OSError, EOFError) as e:  # not gzip, or a truncated gzip stream
+  except (OSError, EOFError, zlib.error) as e:  # not gzip, a cut or a corrupt gzip stream
     raise IdxError("%s: cannot be read as a gzip file (%s)" % (path, e))
 
 
@@ -133,8 +135,11 @@ def load_split(idx_dir, split, expected_count=None):
     raise IdxError("%s holds %d images but %s holds %d labels"
                    % (images_path, len(images), labels_path, len(labels)))
   if expected_count is not None and len(images) != expected_count:
-    raise IdxError("%s holds %d images, expected %d for the Fashion-MNIST %s set"
-                   % (images_path, len(images), expected_count, split))
+    other_sizes = {size: other for other, size in SPLIT_SIZES.items() if other != split}
+    hint = ("; %d is the %s set's size: are the train and test files swapped?"
+            % (len(images), other_sizes[len(images)]) if len(images) in other_sizes else "")
+    raise IdxError("%s holds %d images, expected %d for the Fashion-MNIST %s set%s"
+                   % (images_path, len(images), expected_count, split, hint))
   return images, labels
 
 
@@ -263,6 +268,21 @@ def split_size(tfrecord_dir, split):
     if split in counts:
       return counts[split]
   return OOD_SIZE if split == "ood" else SPLIT_SIZES[split]
+
+
+def check_record_counts(tfrecord_dir, include_ood=True):
+  """Fails (one line naming the file) unless each TFRecord file holds split_size() records:
+  a file cut at a record boundary reads as a shorter, valid file (record_checks.py)."""
+  manifest = os.path.join(tfrecord_dir, MANIFEST)
+  listed = {}
+  if os.path.isfile(manifest):
+    with open(manifest) as f:
+      listed = json.load(f).get("counts", {})
+  for split in ["train", "test"] + (["ood"] if include_ood else []):
+    record_checks.check_files(
+        [record_checks.Expected(os.path.join(tfrecord_dir, TFRECORD_FILES[split]),
+                                split_size(tfrecord_dir, split), None)],
+        manifest if split in listed else "the Fashion-MNIST release")
 
 
 # ------------------------------------------------------------------------------------------
@@ -411,6 +431,10 @@ def make_input_fn(tfrecord_dir, mode, example_cand_size, eval_cand_size, eval_ca
         dataset = dataset.map(lambda features, labels: features)
     return dataset.prefetch(2)
 
+  # The files it reads, so that a record found corrupt while running is named (run_loop).
+  splits = ["train"] if mode == modes.TRAIN else ["train", "test"] + (
+      ["ood"] if include_ood else [])
+  input_fn.files = [os.path.join(tfrecord_dir, TFRECORD_FILES[s]) for s in splits]
   return input_fn
 
 

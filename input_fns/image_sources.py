@@ -7,6 +7,9 @@ turns into (encoded image, int32 label in [0, num_classes)):
   tpu/slim ImageNet build), read through input_fns.imagenet; splits `train` and
   `validation`; the stored 1-based labels are shifted to 0-based.
 
+`check_records(split)` compares a split's files with their manifest before training
+(input_fns/record_checks.py); `files(split)` are the files a split reads.
+
 `build_input_fn` is the pipeline the ViT and BiT recipes share: records -> shuffle
 (training) -> parse + preprocess -> batch -> MixUp (training, optional) -> prefetch.
 """
@@ -15,14 +18,10 @@ import os
 import tensorflow.compat.v1 as tf
 
 from input_fns import imagenet
+from input_fns import record_checks
 from input_fns import tfds_layout
 from migration import backend as backend_lib
 from preprocessing import transfer
-
-# Counting the records of a split reads every byte; above this size the count must be given.
-MAX_BYTES_TO_COUNT = 2 * 1024 ** 3
-# {(shard path, size), ...}: record count; recipes ask for the count several times per run.
-_RECORD_COUNTS = {}
 
 
 class TfdsSource(object):
@@ -38,6 +37,12 @@ class TfdsSource(object):
   def check_split(self, split):
     if not self.dataset.read_plan(split):
       raise ValueError("split %r of %s is empty" % (split, self.dataset.path))
+
+  def check_records(self, split):
+    self.dataset.check_records(tfds_layout.parse_split(split)[0])
+
+  def files(self, split):
+    return [path for path, _, _ in self.dataset.read_plan(split)]
 
   def records(self, split, num_workers=1, worker_index=0):
     return self.dataset.records(split, num_workers, worker_index)
@@ -62,28 +67,29 @@ class ImageFolderSource(object):
         self.class_names = [line.strip() for line in f if line.strip()]
     self.num_classes = len(self.class_names) if self.class_names else self.IMAGENET_CLASSES
 
-  def _files(self, split):
+  def files(self, split):
     if split not in self.SPLITS:
       raise ValueError("split %r of the image folder %s: only %s are available (no "
                        "slicing)" % (split, self.data_dir, ", ".join(sorted(self.SPLITS))))
     return imagenet.list_shards(self.data_dir, self.SPLITS[split])
 
   def num_examples(self, split):
-    files = self._files(split)
-    key = frozenset((f, tf.io.gfile.stat(f).length) for f in files)
-    if key not in _RECORD_COUNTS:
-      size = sum(length for _, length in key)
-      if size > MAX_BYTES_TO_COUNT:
-        raise ValueError("the %s split of %s is %.1f GB: too big to count its records; pass "
-                         "--num_train_examples" % (split, self.data_dir, size / 1024.0 ** 3))
-      _RECORD_COUNTS[key] = sum(imagenet.check_tfrecords(files).values())
-    return _RECORD_COUNTS[key]
+    files = self.files(split)
+    size = sum(tf.io.gfile.stat(f).length for f in files)
+    if size > record_checks.MAX_BYTES_TO_COUNT:
+      raise ValueError("the %s split of %s is %.1f GB: too big to count its records; pass "
+                       "--num_train_examples" % (split, self.data_dir, size / 1024.0 ** 3))
+    return sum(record_checks.count_records(f) for f in files)
 
   def check_split(self, split):
-    self._files(split)
+    self.files(split)
+
+  def check_records(self, split):
+    self.files(split)  # rejects other split names
+    imagenet.check_record_counts(self.data_dir, self.SPLITS[split])
 
   def records(self, split, num_workers=1, worker_index=0):
-    files = self._files(split)
+    files = self.files(split)
     dataset = tf.data.Dataset.from_tensor_slices(files)
     if num_workers > 1:
       dataset = dataset.shard(num_workers, worker_index)
@@ -109,6 +115,8 @@ def build_input_fn(source, split, is_training, preprocess_fn, mixup_alpha=0.0,
   int32 [B], or float32 one-hot [B, num_classes] mixed by MixUp when `mixup_alpha` > 0.
   Training repeats forever. Evaluation reads the split once; it drops the last partial
   batch only on the NPU (static shapes) unless `drop_remainder` says otherwise.
+  The returned function has attribute `files` (what it reads, so that the run loop can
+  name a corrupt one).
   """
   if mixup_alpha and mixup_alpha < 0:
     raise ValueError("mixup alpha must be >= 0, got %r" % mixup_alpha)
@@ -138,4 +146,5 @@ def build_input_fn(source, split, is_training, preprocess_fn, mixup_alpha=0.0,
       dataset = dataset.map(_mixup, num_parallel_calls=tf.data.experimental.AUTOTUNE)
     return dataset.prefetch(tf.data.experimental.AUTOTUNE)
 
+  input_fn.files = source.files(split)
   return input_fn

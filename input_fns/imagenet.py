@@ -9,22 +9,30 @@ Errors and where they are caught:
   ValueError when the input_fn is built, before any graph;
 - a label outside [0, num_label_classes), a non-JPEG/PNG or truncated image: an assertion in
   the parse function whose message names the value and the record's image/filename;
+- a shard cut short or replaced: `check_record_counts` compares the shards with the
+  manifest tools/build_image_tfrecords.py writes (each shard's records and bytes), before
+  any graph; shards without one (e.g. Google's build_imagenet_data.py) are logged as
+  unchecked;
 - a corrupt shard (bad CRC): TFRecordDataset raises DataLossError without the file name, so
   `check_tfrecords(files)` scans shards and raises ValueError naming the file and record.
   `build_input_fn(..., check_records=True)` runs it before training (it reads every byte,
   so it is opt-in); after a DataLossError the run loop can call
   `check_tfrecords(input_fn.files)` to name the culprit.
 """
+import fnmatch
+import json
 import os
 
 from absl import logging
 import tensorflow.compat.v1 as tf
 
+from input_fns import record_checks
 from preprocessing import inception
 
 TRAIN_PREFIX = "train"
 VALIDATION_PREFIX = "validation"
 LABELS_FILENAME = "labels.txt"
+MANIFEST_FILENAME = "tfrecord_manifest.json"
 READ_BUFFER_BYTES = 8 * 1024 * 1024
 MAX_CYCLE_LENGTH = 16
 DEFAULT_SHUFFLE_BUFFER = 1024
@@ -99,19 +107,48 @@ def check_tfrecords(files, max_records_per_file=None):
 
   Raises ValueError naming the file and the failing record on a corrupt or truncated shard.
   """
-  counts = {}
-  for path in files:
-    count = 0
+  return {path: record_checks.read_records(path, max_records_per_file) for path in files}
+
+
+def write_manifest(data_dir, records_by_file):
+  """Writes data_dir/MANIFEST_FILENAME: each file's record count and byte size, by its path
+  relative to data_dir (so the folder can be moved)."""
+  files = {os.path.relpath(path, data_dir): record_checks.manifest_entry(path, records)
+           for path, records in records_by_file.items()}
+  path = os.path.join(data_dir, MANIFEST_FILENAME)
+  with tf.io.gfile.GFile(path + ".tmp", "w") as f:
+    f.write(json.dumps({"files": files}, indent=1, sort_keys=True))
+  tf.io.gfile.rename(path + ".tmp", path, overwrite=True)
+  return path
+
+
+def check_record_counts(data_dir, is_training):
+  """Checks the split's shards against data_dir's manifest (see input_fns/record_checks.py);
+  without a manifest, logs once that they cannot be checked."""
+  files = {os.path.normpath(path): path for path in list_shards(data_dir, is_training)}
+  manifest = os.path.join(data_dir, MANIFEST_FILENAME)
+  if not tf.io.gfile.exists(manifest):
+    record_checks.log_unchecked(data_dir, "has no %s (shards not written by "
+                                "tools/build_image_tfrecords.py)" % MANIFEST_FILENAME)
+    return
+  patterns = file_patterns(data_dir, is_training)
+  expected = {}
+  with tf.io.gfile.GFile(manifest) as f:
     try:
-      for _ in tf.io.tf_record_iterator(path):
-        count += 1
-        if max_records_per_file and count >= max_records_per_file:
-          break
-    except (tf.errors.DataLossError, tf.errors.OutOfRangeError) as error:
-      raise ValueError("corrupt tfrecord file %s: reading record %d failed (%s)" %
-                       (path, count, error.message))
-    counts[path] = count
-  return counts
+      for name, entry in json.load(f)["files"].items():
+        path = os.path.join(data_dir, name)
+        if any(fnmatch.fnmatch(path, pattern) for pattern in patterns):
+          expected[os.path.normpath(path)] = record_checks.Expected(
+              path, int(entry["records"]), entry.get("bytes"))
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+      raise ValueError("%s is not a tfrecord manifest ({\"files\": {name: {\"records\": n, "
+                       "\"bytes\": size}}}): %s" % (manifest, error))
+  unlisted = sorted(set(files) - set(expected))
+  if unlisted:
+    raise record_checks.RecordCountError(
+        "%s is not in %s: a shard of another build? Rebuild the folder, or remove the shard"
+        % (files[unlisted[0]], manifest))
+  record_checks.check_files([expected[key] for key in sorted(expected)], manifest)
 
 
 def worker_shard(input_context=None):

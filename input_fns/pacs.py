@@ -15,7 +15,10 @@ dropped, counted and logged (and the builder records them in its summary json).
 
 Builder (decodes every image once with PIL to prove it readable, stores the original bytes):
   python -m input_fns.pacs --dataroot=<pacs> --output_dir=<dir> [--skip_bad_lines]
-writes <dir>/pacs_<domain>_<split>.tfrecord and <dir>/pacs_summary.json.
+writes <dir>/pacs_<domain>_<split>.tfrecord and <dir>/pacs_summary.json, which records each
+file's examples ("counts") and size ("bytes"). A run checks every tfrecord it takes a count
+from against these before any graph (input_fns/record_checks.py): a file cut short is an
+error naming it, not a run on part of the images.
 """
 import argparse
 import collections
@@ -27,6 +30,7 @@ import sys
 
 import tensorflow.compat.v1 as tf
 
+from input_fns import record_checks
 from preprocessing import alexnet as alexnet_preprocessing
 
 DOMAINS = ("art_painting", "cartoon", "photo", "sketch")
@@ -219,7 +223,7 @@ def build_tfrecords(dataroot, output_dir, domains=DOMAINS, splits=SPLITS,
                     % os.path.join(dataroot, "splits"))
 
   tf.io.gfile.makedirs(output_dir)
-  counts = {}
+  counts, sizes = {}, {}
   for domain, split, entries in plans:
     out = tfrecord_path(output_dir, domain, split)
     with tf.io.TFRecordWriter(out) as writer:
@@ -228,9 +232,10 @@ def build_tfrecords(dataroot, output_dir, domains=DOMAINS, splits=SPLITS,
         writer.write(_example(encoded, height, width, image_format, entry.label,
                               entry.relpath, domain).SerializeToString())
     counts["%s_%s" % (domain, split)] = len(entries)
+    sizes["%s_%s" % (domain, split)] = os.path.getsize(out)
     _log.info("wrote %d examples to %s", len(entries), out)
   summary = {"dataroot": os.path.abspath(dataroot), "class_names": list(CLASS_NAMES),
-             "label_base": 0, "counts": counts, "skipped_lines": problems}
+             "label_base": 0, "counts": counts, "bytes": sizes, "skipped_lines": problems}
   with open(os.path.join(output_dir, SUMMARY_FILE), "w") as f:
     json.dump(summary, f, indent=1)
   return summary
@@ -273,13 +278,20 @@ class PacsSource(object):
       self.count(domain, split)
 
   def count(self, domain, split):
+    """Examples of the list; with tfrecords, the summary's count, once the file is found to
+    hold it (by its size first where the summary records one; older summaries do not)."""
     _check_domain_split(domain, split)
     if self.data_dir:
       key = "%s_%s" % (domain, split)
-      path = tfrecord_path(self.data_dir, domain, split)
-      if key not in self._summary["counts"] or not tf.io.gfile.exists(path):
-        raise PacsDataError("%s is missing: rebuild the tfrecords with %s included" % (path, key))
-      return self._summary["counts"][key]
+      summary_path = os.path.join(self.data_dir, SUMMARY_FILE)
+      if key not in self._summary["counts"]:
+        raise PacsDataError("%s has no %s: rebuild the tfrecords with it included"
+                            % (summary_path, key))
+      count = self._summary["counts"][key]
+      record_checks.check_files([record_checks.Expected(
+          tfrecord_path(self.data_dir, domain, split), count,
+          self._summary.get("bytes", {}).get(key))], summary_path)
+      return count
     return len(self._list_entries(domain, split))
 
   def encoded_dataset(self, domain, split):

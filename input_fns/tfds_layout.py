@@ -4,7 +4,8 @@ A prepared TFDS dataset lies as
   <data_dir>/<name>/<version>/dataset_info.json
   <data_dir>/<name>/<version>/<name>-<split>.tfrecord-<i>-of-<n>   (tf.train.Example)
   <data_dir>/<name>/<version>/label.labels.txt                      (one class per line)
-dataset_info.json (DatasetInfo proto as JSON) gives each split's `shardLengths`.
+dataset_info.json (DatasetInfo proto as JSON) gives each split's `shardLengths`, which
+`check_records` compares with the shards before training (input_fns/record_checks.py).
 
 Split strings follow the TFDS slicing API: `train`, `train[:85%]`, `train[85%:]`,
 `train[10:20]`, `test[-5%:]`. Percent boundaries use TFDS's default "closest" rounding,
@@ -16,6 +17,8 @@ import os
 import re
 
 import tensorflow.compat.v1 as tf
+
+from input_fns import record_checks
 
 INFO_FILENAME = "dataset_info.json"
 FEATURES_FILENAME = "features.json"
@@ -112,11 +115,31 @@ class TfdsDataset(object):
     files = self.shard_files(split)
     lengths = self.splits[split].get("shardLengths")
     if lengths is None:
-      return [sum(1 for _ in tf.io.tf_record_iterator(path)) for path in files]
+      return [record_checks.count_records(path) for path in files]
     if len(lengths) != len(files):
       raise ValueError("%s lists %d shards for split %s but %d files match in %s" % (
           INFO_FILENAME, len(lengths), split, len(files), self.path))
     return [int(n) for n in lengths]
+
+  def check_records(self, split):
+    """Fails (one line naming the shard) when a shard of `split` holds other than its
+    shardLengths entry; without shardLengths, logs once that it cannot be checked."""
+    info_path = os.path.join(self.path, INFO_FILENAME)
+    self._check_split(split)
+    lengths = self.splits[split].get("shardLengths")
+    if lengths is None:
+      record_checks.log_unchecked(self.path, "has no shardLengths for split %s in %s"
+                                  % (split, INFO_FILENAME))
+      return
+    expected = [record_checks.Expected(shard_path(self.path, self.name, split, index,
+                                                  len(lengths)), int(length), None)
+                for index, length in enumerate(lengths)]
+    unlisted = sorted(set(self.shard_files(split)) - set(file.path for file in expected))
+    if unlisted:
+      raise record_checks.RecordCountError(
+          "%s is not among the %d shards %s lists for split %s: a shard of another build?"
+          % (unlisted[0], len(lengths), info_path, split))
+    record_checks.check_files(expected, info_path)
 
   def num_examples(self, spec):
     split = parse_split(spec)[0]
@@ -158,6 +181,11 @@ class TfdsDataset(object):
     return dataset
 
 
+def shard_path(path, name, split, index, num_shards):
+  """The TFDS name of shard `index` of `num_shards` of `split`."""
+  return os.path.join(path, "%s-%s.tfrecord-%05d-of-%05d" % (name, split, index, num_shards))
+
+
 def _int64_feature(value):
   return tf.train.Feature(int64_list=tf.train.Int64List(value=[value]))
 
@@ -190,8 +218,7 @@ def write_dataset(data_dir, name, version, splits, class_names, num_shards=1,
     bounds = [count * i // shards for i in range(shards + 1)]
     lengths, num_bytes = [], 0
     for index in range(shards):
-      filename = os.path.join(path, "%s-%s.tfrecord-%05d-of-%05d" % (name, split, index,
-                                                                     shards))
+      filename = shard_path(path, name, split, index, shards)
       with tf.io.TFRecordWriter(filename + ".incomplete") as writer:
         for example in examples[bounds[index]:bounds[index + 1]]:
           writer.write(example)

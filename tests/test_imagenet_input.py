@@ -358,7 +358,7 @@ def test_builder_round_trip(tmp_path):
   assert summary["class_names"] == ["ant", "bee", "cat"]
   assert open(os.path.join(out, "labels.txt")).read() == "ant\nbee\ncat\n"
   assert sorted(os.path.basename(p) for p in glob.glob(os.path.join(out, "*"))) == [
-      "labels.txt", "train-00000-of-00002", "train-00001-of-00002"]
+      "labels.txt", "tfrecord_manifest.json", "train-00000-of-00002", "train-00001-of-00002"]
   assert len(summary["skipped"]) == 2
   assert sorted(os.path.basename(path) for path, _ in summary["skipped"]) == [
       "broken.jpg", "cut.jpg"]

@@ -8,6 +8,8 @@ import importlib.util
 import json
 import os
 import pickle
+import subprocess
+import sys
 
 from absl import flags as absl_flags
 import numpy as np
@@ -15,6 +17,7 @@ from PIL import Image
 import pytest
 import tensorflow.compat.v1 as tf
 
+from estimators import pretrained
 from estimators import registry
 from estimators.masf import model_fn as masf_model_fn
 from estimators.masf import network
@@ -377,13 +380,22 @@ def test_reference_shapes_and_parameter_count():
   assert total == 56896903  # models.md: 56,896,903 with a 7-way fc8
 
 
+def _check_small(path):
+  """weights_lib.check against the small AlexNet the fast tests use."""
+  return weights_lib.check(path, TEST_IMAGE_SIZE, TEST_FC_UNITS)
+
+
 @pytest.mark.parametrize("bytes_keys", [False, True])
 def test_safe_loader_reads_official_layout_and_skips_fc8(tmp_path, bytes_keys):
   path = str(tmp_path / "bvlc_alexnet.npy")
   stored = _official_layout(_small_shapes(), bytes_keys=bytes_keys)
   np.save(path, stored, allow_pickle=True)
-  values = weights_lib.load_alexnet_weights(path, _small_shapes())
-  assert "fc8/weights" not in values and len(values) == 14
+  source = _check_small(path)
+  with tf.Graph().as_default():
+    _, entries = weights_lib.plan(path, network.construct_weights(
+        TEST_IMAGE_SIZE, fc_units=TEST_FC_UNITS).values())
+  assert len(entries) == 14 and not any(e.key.startswith("fc8/") for e in entries)
+  values = dict(source.read(["conv2/weights", "conv2/biases"]))
   key = b"conv2" if bytes_keys else "conv2"
   np.testing.assert_array_equal(values["conv2/weights"], stored[key][0])
   np.testing.assert_array_equal(values["conv2/biases"], stored[key][1])
@@ -410,7 +422,7 @@ def test_safe_loader_refuses_code_carrying_pickle(tmp_path, callable_name):
   path, marker = str(tmp_path / "evil.npy"), str(tmp_path / "pwned")
   _code_carrying_npy(path, marker, callable_name)
   with pytest.raises(weights_lib.UnsafePickleError) as error:
-    weights_lib.read_layers(path)
+    weights_lib.open_source(path)
   assert callable_name in str(error.value) and path in str(error.value)
   assert not os.path.exists(marker)
   converter = _load_converter()
@@ -425,10 +437,11 @@ def test_shape_mismatches_are_listed_in_one_error(tmp_path):
   stored["fc7"][1] = np.zeros(5, np.float32)
   del stored["conv5"]
   np.save(path, stored, allow_pickle=True)
-  with pytest.raises(weights_lib.WeightsError) as error:
-    weights_lib.load_alexnet_weights(path, _small_shapes())
-  message = str(error.value)
-  assert "conv3/weights" in message and "fc7/biases" in message and "conv5: missing" in message
+  with pytest.raises(pretrained.WeightsMismatchError) as error:
+    _check_small(path)
+  assert error.value.missing == ["conv5/biases", "conv5/weights"]
+  assert [m[0] for m in error.value.mismatched] == ["conv3/weights", "fc7/biases"]
+  assert str(error.value).startswith("weights file %s does not fit the model:" % path)
 
 
 def _load_converter():
@@ -443,10 +456,10 @@ def test_convert_cli_writes_plain_npz(tmp_path):
   source, target = str(tmp_path / "w.npy"), str(tmp_path / "w.npz")
   stored = _official_layout(_small_shapes())
   np.save(source, stored, allow_pickle=True)
-  _load_converter().convert(source, target, _small_shapes())
+  _load_converter().convert(source, target, TEST_IMAGE_SIZE, TEST_FC_UNITS)
   with np.load(target, allow_pickle=False) as archive:
     assert archive["fc8/weights"].shape == (TEST_FC_UNITS, 1000)
-  values = weights_lib.load_alexnet_weights(target, _small_shapes())
+  values = dict(_check_small(target).read(["fc6/weights"]))
   np.testing.assert_array_equal(values["fc6/weights"], stored["fc6"][0])
 
 
@@ -498,11 +511,83 @@ def test_flag_defaults_and_validation(mini_pacs):
     assert flag in str(error.value)
 
 
-def test_flag_validation_names_missing_data(tmp_path):
+def test_input_check_names_missing_data(tmp_path):
   model, values = _flag_values(_tiny_argv(str(tmp_path)))
+  model.validate_flags(values)
   with pytest.raises(pacs.PacsDataError) as error:
-    model.validate_flags(values)
+    model.check_inputs(values)
   assert "splits" in str(error.value)
+
+
+def _save_converted(path, stored):
+  np.savez(path, **dict(("%s/%s" % (layer, kind), array) for layer, (w, b) in stored.items()
+                        for kind, array in (("weights", w), ("biases", b))))
+
+
+NOT_NUMERIC = "has dtype %s, expected a float or integer array"
+# problem: (file, layer, 0 (weights) or 1 (biases), array -> spoiled array, message end)
+BAD_WEIGHTS = {
+    "nan": ("w.npy", "conv3", 0, lambda a: np.full_like(a, np.nan),
+            "key conv3/weights holds NaN/inf"),
+    "inf": ("w.npz", "fc7", 1, lambda a: np.full_like(a, np.inf), "key fc7/biases holds NaN/inf"),
+    "complex": ("w.npy", "fc6", 1, lambda a: a.astype(np.complex64),
+                "key fc6/biases " + NOT_NUMERIC % "complex64"),
+    "object": ("w.npz", "conv1", 1, lambda a: np.full(a.shape, None, object),
+               "key conv1/biases " + NOT_NUMERIC % "object"),
+    "string": ("w.npz", "conv2", 1, lambda a: np.full(a.shape, "x"),
+               "key conv2/biases " + NOT_NUMERIC % "<U1"),
+    "shape": ("w.npy", "conv2", 0, lambda a: a[..., :7],
+              "conv2/weights file (5, 5, 48, 7) != model (5, 5, 48, 256)"),
+}
+
+
+@pytest.mark.parametrize("problem", sorted(BAD_WEIGHTS))
+def test_bad_weights_stop_check_inputs_before_the_graph(mini_pacs, tmp_path, problem):
+  name, layer, index, spoil, expected = BAD_WEIGHTS[problem]
+  path = str(tmp_path / name)
+  stored = _official_layout(_small_shapes())
+  stored[layer][index] = spoil(stored[layer][index])
+  if name.endswith(".npz"):
+    _save_converted(path, stored)
+  else:
+    np.save(path, stored, allow_pickle=True)
+  # validate_flags accepts weights only at AlexNet's size (227, fc 4096); check_inputs checks
+  # the file against whatever size the flags give, so the small AlexNet serves here.
+  model, values = _flag_values(_tiny_argv(mini_pacs, "--weights_path=%s" % path))
+  with pytest.raises(ValueError) as error:  # what run_loop.run turns into "error: ..."
+    model.check_inputs(values)
+  message = str(error.value)
+  assert message.splitlines()[0].startswith("weights file %s" % path)
+  assert expected in message
+  if problem != "shape":
+    assert message == "weights file %s: %s" % (path, expected)
+
+
+def test_code_carrying_pickle_stops_check_inputs(mini_pacs, tmp_path):
+  path, marker = str(tmp_path / "evil.npy"), str(tmp_path / "pwned")
+  _code_carrying_npy(path, marker, "system")
+  model, values = _flag_values(["--dataroot=%s" % mini_pacs, "--meta_batch_size=6",
+                                "--weights_path=%s" % path])
+  model.validate_flags(values)
+  with pytest.raises(weights_lib.UnsafePickleError, match="weights file %s: refusing" % path):
+    model.check_inputs(values)
+  assert not os.path.exists(marker)
+
+
+def test_entry_point_refuses_bad_weights_in_one_line_before_the_graph(mini_pacs, tmp_path):
+  path, marker = str(tmp_path / "evil.npy"), str(tmp_path / "pwned")
+  _code_carrying_npy(path, marker, "system")
+  model_dir = tmp_path / "model"
+  proc = subprocess.run(
+      [sys.executable, "masf.py", "--dataroot=%s" % mini_pacs, "--meta_batch_size=6",
+       "--train_steps=1", "--model_dir=%s" % model_dir, "--weights_path=%s" % path],
+      cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=600)
+  stderr = proc.stderr.decode("utf-8", "replace")
+  assert proc.returncode != 0
+  assert "Traceback" not in stderr, stderr[-3000:]
+  assert stderr.strip().splitlines()[-1].startswith(
+      "error: weights file %s: refusing to unpickle global " % path), stderr[-3000:]
+  assert not os.path.exists(marker) and not tf.train.latest_checkpoint(str(model_dir))
 
 
 def _estimator(model, values, model_dir):

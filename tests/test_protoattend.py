@@ -4,6 +4,8 @@ import gzip
 import math
 import os
 import struct
+import subprocess
+import sys
 
 from absl import flags
 import numpy as np
@@ -297,6 +299,69 @@ def test_idx_wrong_image_size_and_missing_file(tmp_path):
     fashion_mnist.read_idx_labels(os.path.join(str(tmp_path), "nothere.gz"))
   with pytest.raises(fashion_mnist.IdxError, match="holds neither"):
     fashion_mnist.ensure_tfrecords(str(tmp_path), str(tmp_path / "cache"))
+
+
+def test_idx_corrupt_gzip_stream_names_the_file(tmp_path):
+  path = str(tmp_path / "corrupt.gz")
+  with open(path, "wb") as f:  # a valid gzip header, then a deflate block of reserved type
+    f.write(b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff\x07" + bytes(16))
+  with pytest.raises(fashion_mnist.IdxError, match="corrupt.gz: cannot be read as a gzip"):
+    fashion_mnist.read_idx_labels(path)
+
+
+def _run_script(args):
+  """Runs a script of the repository; returns (exit code, stdout + stderr, stderr)."""
+  proc = subprocess.run([sys.executable] + args, cwd=REPO, stdout=subprocess.PIPE,
+                        stderr=subprocess.PIPE, timeout=600)
+  stdout, stderr = (out.decode("utf-8", "replace") for out in (proc.stdout, proc.stderr))
+  return proc.returncode, stdout + stderr, stderr
+
+
+def _write_label_out_of_range(directory):
+  _write_split(directory, "train", 5, 5)
+  _write_idx(os.path.join(directory, fashion_mnist.IDX_FILES["train"][1]), 2049, (5,),
+             bytes([0, 1, 10, 3, 4]))
+
+
+def _write_swapped_splits(directory):
+  for split, count in (("train", 10000), ("test", 60000)):  # blank images: fast to write
+    images_name, labels_name = fashion_mnist.IDX_FILES[split]
+    _write_idx(os.path.join(directory, images_name), 2051, (count, 28, 28),
+               bytes(count * 784))
+    _write_idx(os.path.join(directory, labels_name), 2049, (count,), bytes(count))
+
+
+# problem -> (writes the broken train split over a valid test split, the expected error)
+BROKEN_TRAIN_SPLITS = {
+    "truncated": (lambda d: _write_split(d, "train", 5, 5, truncate_images=100),
+                  "train-images-idx3-ubyte.gz: 3820 bytes of data after the header"),
+    "wrong_magic": (lambda d: _write_split(d, "train", 5, 5, image_magic=2049),
+                    "train-images-idx3-ubyte.gz: magic number 2049, expected 2051"),
+    "label_out_of_range": (_write_label_out_of_range,
+                           "train-labels-idx1-ubyte.gz: label 10 out of range [0, 10)"),
+    "swapped": (_write_swapped_splits,
+                "train-images-idx3-ubyte.gz holds 10000 images, expected 60000 for the "
+                "Fashion-MNIST train set; 10000 is the test set's size: are the train and "
+                "test files swapped?"),
+}
+
+
+@pytest.mark.parametrize("problem", sorted(BROKEN_TRAIN_SPLITS))
+def test_entry_point_reports_a_bad_idx_file_in_one_line(problem, tmp_path):
+  data_dir, model_dir = tmp_path / "data", tmp_path / "model"
+  data_dir.mkdir()
+  write_broken_split, expected = BROKEN_TRAIN_SPLITS[problem]
+  _write_split(str(data_dir), "test", 5, 5)
+  write_broken_split(str(data_dir))
+  code, output, stderr = _run_script([
+      "protoattend.py", "--mode=train", "--device=cpu", "--data_dir=%s" % data_dir,
+      "--model_dir=%s" % model_dir, "--tfrecord_dir=%s" % (tmp_path / "records")])
+  assert code != 0
+  assert "Traceback" not in output, output[-3000:]
+  last_line = stderr.strip().splitlines()[-1]
+  assert last_line.startswith("error: %s%s" % (data_dir, os.sep)), last_line
+  assert expected in last_line, last_line
+  assert not (model_dir / "graph.pbtxt").exists(), "stopped before any graph was built"
 
 
 def test_ood_digits_are_28x28_grey_centred():
@@ -638,9 +703,49 @@ def test_estimator_train_evaluate_and_explain_png(synthetic, tmp_path):
     pixels = np.asarray(image)
   # The first cell shows the raw input image, scaled 2x by nearest neighbour.
   np.testing.assert_array_equal(pixels[4:60:2, 4:60:2, 0], test_images[0])
-  with pytest.raises(ValueError, match="holds no checkpoint"):
+  (tmp_path / "empty").mkdir()
+  with pytest.raises(ValueError, match="empty holds no checkpoint"):
     explain_protoattend.explain(str(tmp_path / "empty"), test_images[:1], output, params,
                                 train_images, train_labels)
+  with pytest.raises(ValueError, match="nothere: no such folder"):
+    explain_protoattend.explain(str(tmp_path / "nothere"), test_images[:1], output, params,
+                                train_images, train_labels)
+
+
+@pytest.mark.parametrize("model_dir, problem", [
+    ("empty", " holds no checkpoint to explain (train first)"),
+    ("nothere", ": no such folder")])
+def test_explain_tool_without_checkpoint_fails_in_one_line(model_dir, problem, tmp_path):
+  (tmp_path / "empty").mkdir()
+  output = tmp_path / "explain.png"
+  code, output_text, stderr = _run_script([
+      "-m", "tools.explain_protoattend", "--model_dir=%s" % (tmp_path / model_dir),
+      "--data_dir=%s" % (tmp_path / "no_data"), "--output=%s" % output])
+  assert code != 0
+  assert "Traceback" not in output_text, output_text[-3000:]
+  # Named before the data (--data_dir is missing too) or any graph.
+  assert stderr.strip().splitlines()[-1] == "error: --model_dir=%s%s" % (
+      tmp_path / model_dir, problem)
+  assert not output.exists()
+
+
+def test_explain_tool_reports_a_bad_idx_file_in_one_line(tmp_path):
+  model_dir, data_dir = tmp_path / "run", tmp_path / "data"
+  model_dir.mkdir()
+  data_dir.mkdir()
+  (model_dir / "checkpoint").write_text('model_checkpoint_path: "model.ckpt-1"\n')
+  (model_dir / "model.ckpt-1.index").write_bytes(b"")  # enough for latest_checkpoint
+  write_broken_split, expected = BROKEN_TRAIN_SPLITS["wrong_magic"]
+  _write_split(str(data_dir), "test", 5, 5)
+  write_broken_split(str(data_dir))
+  code, output_text, stderr = _run_script([
+      "-m", "tools.explain_protoattend", "--model_dir=%s" % model_dir,
+      "--data_dir=%s" % data_dir, "--output=%s" % (tmp_path / "explain.png")])
+  assert code != 0
+  assert "Traceback" not in output_text, output_text[-3000:]
+  last_line = stderr.strip().splitlines()[-1]
+  assert last_line.startswith("error: %s%s" % (data_dir, os.sep)), last_line
+  assert expected in last_line, last_line
 
 
 @pytest.mark.slow

@@ -81,7 +81,7 @@ def test_bad_input_exits_before_any_graph(tmp_path, args, message):
   assert code != 0
   error_lines = [l for l in out.splitlines() if l.startswith("error: ")]
   assert len(error_lines) == 1 and message in error_lines[0], out[-2000:]
-  assert not model_dir.exists() or not os.listdir(str(model_dir)), "work started anyway"
+  assert not model_dir.exists(), "work started anyway"
 
 
 def test_bad_rank_table_is_rejected(tmp_path):
@@ -293,6 +293,17 @@ def test_eval_falls_back_from_a_corrupt_newest_checkpoint(three_checkpoints, tmp
       "error: --checkpoint_path: checkpoint %s/model.ckpt-40 is corrupt: " % model_dir)
 
 
+def test_continuous_eval_falls_back_from_a_corrupt_newest_checkpoint(three_checkpoints,
+                                                                     tmp_path):
+  model_dir = corrupted_copy(three_checkpoints, tmp_path)
+  code, out = run_entry("--model_dir=" + model_dir, "--mode=continuous_eval",
+                        "--train_steps=40", "--eval_timeout=2")
+  assert code == 0, out[-3000:]
+  assert ("checkpoint %s/model.ckpt-40 is corrupt" % model_dir in out and
+          "evaluating the newest intact checkpoint instead" in out)
+  assert final_metrics(out)["global_step"] == 20
+
+
 def test_training_resumes_from_the_newest_intact_checkpoint(three_checkpoints, tmp_path):
   model_dir = corrupted_copy(three_checkpoints, tmp_path)
   code, out = run_entry("--model_dir=" + model_dir, "--mode=train", "--train_steps=50")
@@ -361,6 +372,8 @@ def test_a_full_disk_is_named_and_leaves_no_partial_checkpoint(tmp_path):
   partial = model_dir / "model.ckpt-7_temp_0123abcd"
   partial.mkdir(parents=True)
   (partial / "part-00000-of-00001.data-00000-of-00001").write_bytes(b"x" * 10)
+  partial_meta = model_dir / "model.ckpt-7.meta.tmp9306a7b582f44243b1a5b572806147f4"
+  partial_meta.write_bytes(b"x" * 10)
   flag_values = argparse.Namespace(model_dir=str(model_dir), data_dir=None)
 
   def fill_disk():
@@ -370,4 +383,4 @@ def test_a_full_disk_is_named_and_leaves_no_partial_checkpoint(tmp_path):
   with pytest.raises(run_loop.DiskFullError, match="no space left on the device of "
                      "--model_dir=%s; partial checkpoint files removed" % model_dir):
     run_loop.run_reading(None, fill_disk, flag_values)
-  assert not partial.exists()
+  assert not partial.exists() and not partial_meta.exists()

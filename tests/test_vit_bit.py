@@ -8,6 +8,8 @@ import io
 import json
 import os
 import pickle
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -42,6 +44,7 @@ TINY_VIT = vit_network.ViTConfig(hidden_size=32, mlp_dim=64, num_heads=4, num_la
                                  patch_size=8, dropout_rate=0.0, attention_dropout_rate=0.0,
                                  representation_size=None)
 TINY_BIT = bit_network.BiTConfig(block_units=(1, 1, 1, 1), width_factor=0.5)
+DIGITS_CLASSES = 10
 
 
 # ----------------------------------------------------------------------------------------
@@ -882,15 +885,121 @@ def test_bad_flags_name_the_flag(flowers_tfds, model_name, argv, message):
   assert message in str(error.value)
 
 
-def test_weights_that_do_not_fit_fail_in_validate_flags(flowers_tfds, tmp_path):
+def test_weights_that_do_not_fit_fail_before_the_graph(flowers_tfds, tmp_path):
   arrays = vit_npz_arrays(TINY_VIT, 32, 5)
   path = save_npz(tmp_path / "tiny.npz", arrays)
   model, flag_values = parse("vit", "--data_dir=" + flowers_tfds, "--vit_model=Ti/16",
                              "--image_size=32", "--weights=" + path)
+  model.validate_flags(flag_values)
   with pytest.raises(pretrained.WeightsMismatchError) as error:
-    model.validate_flags(flag_values)
+    model.check_inputs(flag_values)
   assert "embedding/kernel file (8, 8, 3, 32) != model (16, 16, 3, 192)" in str(error.value)
   assert "Transformer/encoderblock_11/" in str(error.value)  # missing blocks listed too
+
+
+# ----------------------------------------------------------------------------------------
+# Weights files are checked whole (dtype, shape, values) before the run builds its graph.
+
+@pytest.fixture(scope="module")
+def digits_dir(tmp_path_factory):
+  """A 10-class image folder (sklearn's digits at 32 px) for the run's data checks."""
+  from tools import make_digits_dataset  # pylint: disable=g-import-not-at-top
+  data_dir = str(tmp_path_factory.mktemp("digits"))
+  make_digits_dataset.make_digits_dataset(data_dir, image_size=32)
+  return data_dir
+
+
+def tiny_arrays(model_name):
+  if model_name == "vit":
+    return vit_npz_arrays(TINY_VIT, 32, DIGITS_CLASSES)
+  return bit_npz_arrays(TINY_BIT, DIGITS_CLASSES)
+
+
+def check_before_the_graph(model_name, weights_path, data_dir, monkeypatch):
+  """validate_flags + check_inputs, as run_loop.run calls them before any graph, with the
+  tiny network (through params["network_config"])."""
+  model, flag_values = parse(model_name, "--dataset=image_folder", "--data_dir=" + data_dir,
+                             "--image_size=32", "--weights=" + weights_path)
+  recipe = model.recipe
+  tiny = TINY_VIT if model_name == "vit" else TINY_BIT
+  monkeypatch.setattr(model, "recipe", lambda values: dict(recipe(values), network_config=tiny))
+  model.validate_flags(flag_values)
+  model.check_inputs(flag_values)
+
+
+def _one_bad_value(value):
+  def spoil(array):
+    array = array.copy()
+    array.flat[array.size // 2] = value
+    return array
+  return spoil
+
+
+NOT_NUMERIC = "has dtype %s, expected a float or integer array"
+SPOILERS = {  # problem: (array -> spoiled array, end of the error message)
+    "object": (lambda a: np.full(a.shape, None, object), NOT_NUMERIC % "object"),
+    "complex": (lambda a: a.astype(np.complex64), NOT_NUMERIC % "complex64"),
+    "string": (lambda a: np.full(a.shape, "1.0"), NOT_NUMERIC % "<U3"),
+    "nan": (_one_bad_value(np.nan), "holds NaN/inf"),
+    "inf": (_one_bad_value(-np.inf), "holds NaN/inf"),
+}
+
+
+@pytest.mark.parametrize("model_name,problem,key", [
+    ("vit", "object", "head/kernel"),
+    ("bit", "object", "resnet/head/conv2d/kernel"),
+    ("vit", "complex", "Transformer/encoderblock_1/MlpBlock_3/Dense_0/kernel"),
+    ("bit", "string", "resnet/block2/unit01/a/group_norm/beta"),
+    ("vit", "nan", "Transformer/encoder_norm/scale"),
+    ("bit", "nan", "resnet/block4/unit01/c/standardized_conv2d/kernel"),
+    ("vit", "inf", "embedding/kernel"),
+    ("bit", "inf", "resnet/group_norm/gamma"),
+])
+def test_bad_weights_stop_the_run_before_the_graph(digits_dir, tmp_path, monkeypatch,
+                                                   model_name, problem, key):
+  arrays = tiny_arrays(model_name)
+  spoil, expected = SPOILERS[problem]
+  arrays[key] = spoil(arrays[key])
+  path = save_npz(tmp_path / "weights.npz", arrays)
+  with pytest.raises(ValueError) as error:  # what run_loop.run turns into "error: ..."
+    check_before_the_graph(model_name, path, digits_dir, monkeypatch)
+  assert str(error.value) == "weights file %s: key %s %s" % (path, key, expected)
+
+
+def test_damaged_array_in_the_npz_is_named_before_the_graph(digits_dir, tmp_path,
+                                                            monkeypatch):
+  key = "Transformer/encoderblock_0/MlpBlock_3/Dense_0/kernel"
+  arrays = tiny_arrays("vit")
+  arrays[key] = np.full_like(arrays[key], 0.375)
+  npz = tmp_path / "weights.npz"
+  path = save_npz(npz, arrays)
+  raw = bytearray(npz.read_bytes())
+  raw[raw.index(arrays[key].tobytes()) + 100] ^= 0xFF  # its zip CRC now fails
+  npz.write_bytes(bytes(raw))
+  with pytest.raises(ValueError) as error:
+    check_before_the_graph("vit", path, digits_dir, monkeypatch)
+  assert str(error.value).startswith("weights file %s: key %s cannot be read: " % (path, key))
+
+
+def test_entry_point_refuses_nan_weights_in_one_line_and_writes_no_checkpoint(digits_dir,
+                                                                             tmp_path):
+  model_dir = tmp_path / "model"
+  key = "Transformer/encoder_norm/scale"
+  arrays = vit_npz_arrays(vit_network.get_config("Ti/16"), 32, DIGITS_CLASSES)
+  arrays[key] = _one_bad_value(np.nan)(arrays[key])
+  path = save_npz(tmp_path / "ViT-Ti_16.npz", arrays)
+  proc = subprocess.run(
+      [sys.executable, "vit.py", "--dataset=image_folder", "--data_dir=" + digits_dir,
+       "--vit_model=Ti/16", "--image_size=32", "--weights=" + path, "--mode=train",
+       "--train_steps=1", "--warmup_steps=0", "--train_batch_size=2",
+       "--model_dir=%s" % model_dir],
+      cwd=conftest.REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=600)
+  stderr = proc.stderr.decode("utf-8", "replace")
+  assert proc.returncode != 0
+  assert "Traceback" not in stderr, stderr[-3000:]
+  assert stderr.strip().splitlines()[-1] == (
+      "error: weights file %s: key %s holds NaN/inf" % (path, key)), stderr[-3000:]
+  assert not tf.train.latest_checkpoint(str(model_dir))
 
 
 # ----------------------------------------------------------------------------------------

@@ -5,7 +5,9 @@
 
 Writes `<output_dir>/train-%05d-of-%05d`, `<output_dir>/validation-%05d-of-%05d` in the
 TF-slim / tpu `imagenet_to_gcs.py` format (keys in input_fns/imagenet.py), with 1-based
-labels in sorted class-name order, and `<output_dir>/labels.txt` whose line i names label i.
+labels in sorted class-name order, `<output_dir>/labels.txt` whose line i names label i,
+and `<output_dir>/tfrecord_manifest.json` with each shard's record count and byte size
+(checked by the models before training: a shard cut short is an error, not less data).
 Images are .jpg/.jpeg/.png in any letter case; RGB JPEGs are stored as they are, anything
 else (PNG, CMYK, grey, a JPEG without its end marker) is re-encoded as an RGB JPEG.
 Unreadable images are reported by path, skipped and counted, or fatal with --strict.
@@ -109,14 +111,14 @@ def write_split(items, output_dir, split, num_shards, load_fn, strict=False,
                 progress_every=1000):
   """Writes `items` (ImageItems, already shuffled) to `num_shards` shards of `split`.
 
-  Returns (shard paths, records written, [(filename, reason) of skipped images]).
+  Returns (shard paths, records written to each, [(filename, reason) of skipped images]).
   """
   num_shards = max(1, min(num_shards, len(items)))
   final_paths = [os.path.join(output_dir, shard_name(split, i, num_shards))
                  for i in range(num_shards)]
   temp_paths = [os.path.join(output_dir, ".tmp-" + os.path.basename(p)) for p in final_paths]
   skipped = []
-  written = 0
+  written = [0] * num_shards
   start = time.time()
   try:
     for shard, temp_path in enumerate(temp_paths):
@@ -135,7 +137,7 @@ def write_split(items, output_dir, split, num_shards, load_fn, strict=False,
             continue
           writer.write(make_example(encoded, height, width, item.label, item.class_name,
                                     item.filename).SerializeToString())
-          written += 1
+          written[shard] += 1
           if progress_every and (position + 1) % progress_every == 0:
             rate = (position + 1) / max(time.time() - start, 1e-6)
             logging.info("%s: %d/%d images (%.0f/s, about %.0f s left)", split, position + 1,
@@ -158,7 +160,8 @@ def write_labels_file(output_dir, class_names):
 
 def write_dataset(class_names, splits, output_dir, num_shards, load_fn, strict=False,
                   overwrite=False, progress_every=1000):
-  """Writes labels.txt and each split of `splits` ({split: [ImageItem]}); returns a summary.
+  """Writes labels.txt, each split of `splits` ({split: [ImageItem]}) and the manifest of
+  the shards written; returns a summary.
 
   `num_shards` maps split -> shard count. Existing shards of a split are an error unless
   `overwrite`, since leftovers with another shard count would be globbed together.
@@ -171,9 +174,13 @@ def write_dataset(class_names, splits, output_dir, num_shards, load_fn, strict=F
                        % (output_dir, split, old[0]))
     for path in old:
       tf.io.gfile.remove(path)
+  manifest = os.path.join(output_dir, imagenet.MANIFEST_FILENAME)
+  if tf.io.gfile.exists(manifest):  # it described the shards just removed
+    tf.io.gfile.remove(manifest)
   summary = {"output_dir": output_dir, "class_names": list(class_names),
              "labels_file": write_labels_file(output_dir, class_names),
              "files": {}, "counts": {}, "skipped": []}
+  records_by_file = {}
   for split, items in splits.items():
     if not items:
       logging.warning("No %s images: no %s shards written", split, split)
@@ -181,8 +188,10 @@ def write_dataset(class_names, splits, output_dir, num_shards, load_fn, strict=F
     paths, written, skipped = write_split(items, output_dir, split, num_shards[split],
                                           load_fn, strict, progress_every)
     summary["files"][split] = paths
-    summary["counts"][split] = written
+    summary["counts"][split] = sum(written)
     summary["skipped"].extend(skipped)
+    records_by_file.update(zip(paths, written))
+  summary["manifest"] = imagenet.write_manifest(output_dir, records_by_file)
   logging.info("Wrote %s to %s (%d classes, labels 1..%d in %s)",
                ", ".join("%d %s records in %d shards" % (summary["counts"][s], s,
                                                          len(summary["files"][s]))

@@ -39,14 +39,22 @@ def grid_size(num_images, top_k, scale, image_size=fashion_mnist.IMAGE_SIZE):
           num_images * (cell_h + MARGIN) + MARGIN)
 
 
+def check_model_dir(model_dir):
+  """Raises ValueError naming model_dir unless it is a folder holding a checkpoint."""
+  if not tf.gfile.IsDirectory(model_dir):
+    raise ValueError("--model_dir=%s: no such folder" % model_dir)
+  if tf.train.latest_checkpoint(model_dir) is None:
+    raise ValueError("--model_dir=%s holds no checkpoint to explain (train first)"
+                     % model_dir)
+
+
 def predict_prototypes(model_dir, images, cand_images, cand_labels, cand_ids, params):
   """Runs the checkpoint in model_dir on uint8 images [n,28,28] against the candidates.
 
   Returns the prediction dict of numpy arrays (class, confidence, prototype_ids,
   prototype_weights, prototype_labels, ...), one row per image.
   """
-  if tf.train.latest_checkpoint(model_dir) is None:
-    raise ValueError("--model_dir=%s holds no checkpoint to explain" % model_dir)
+  check_model_dir(model_dir)
   images = np.asarray(images, np.uint8)
   if images.ndim != 3 or images.shape[1:] != (fashion_mnist.IMAGE_SIZE,) * 2:
     raise ValueError("images must be uint8 [n, %d, %d], got shape %s"
@@ -123,21 +131,35 @@ def explain(model_dir, images, output_path, params, train_images, train_labels,
   return predictions
 
 
+def parse_test_indices(text, num_test_images):
+  """--test_indices "0,1,2" -> [0, 1, 2]; raises ValueError naming the flag when bad."""
+  try:
+    indices = [int(i) for i in text.split(",") if i.strip()]
+  except ValueError:
+    raise ValueError("--test_indices=%s: expected comma-separated integers" % text)
+  bad = [i for i in indices if not 0 <= i < num_test_images]
+  if bad:
+    raise ValueError("--test_indices: %s outside [0, %d)" % (bad, num_test_images))
+  return indices
+
+
 def main(argv):
   del argv
   from absl import flags  # pylint: disable=g-import-not-at-top
   from estimators import protoattend  # pylint: disable=g-import-not-at-top
   fv = flags.FLAGS
   model = protoattend.ProtoAttend()
+  try:  # bad input: one line naming the flag or file, before any graph is built
+    check_model_dir(fv.model_dir)
+    model.validate_flags(fv)
+    data_dir = protoattend.resolve_data_dir(fv.data_dir)
+    train_images, train_labels = fashion_mnist.load_split(data_dir, "train")
+    test_images, test_labels = fashion_mnist.load_split(data_dir, "test")
+    indices = parse_test_indices(fv.test_indices, len(test_images))
+  except ValueError as e:  # fashion_mnist.IdxError is one
+    raise SystemExit("error: %s" % e)
   params = model.params(fv)
   params["eval_cand_seed"] = fv.eval_cand_seed
-  data_dir = protoattend.resolve_data_dir(fv.data_dir)
-  train_images, train_labels = fashion_mnist.load_split(data_dir, "train")
-  test_images, test_labels = fashion_mnist.load_split(data_dir, "test")
-  indices = [int(i) for i in fv.test_indices.split(",") if i.strip()]
-  bad = [i for i in indices if not 0 <= i < len(test_images)]
-  if bad:
-    raise ValueError("--test_indices: %s outside [0, %d)" % (bad, len(test_images)))
   predictions = explain(fv.model_dir, test_images[indices], fv.output, params,
                         train_images, train_labels, labels=test_labels[indices],
                         scale=fv.scale)

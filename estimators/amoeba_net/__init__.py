@@ -197,9 +197,9 @@ class AmoebaNet(registry.Model):
       return
     from input_fns import imagenet  # pylint: disable=g-import-not-at-top
     if flag_values.mode in ("train", "train_and_eval"):
-      imagenet.list_shards(flag_values.data_dir, is_training=True)
+      imagenet.check_record_counts(flag_values.data_dir, is_training=True)
     if flag_values.mode != "train":
-      imagenet.list_shards(flag_values.data_dir, is_training=False)
+      imagenet.check_record_counts(flag_values.data_dir, is_training=False)
     imagenet.check_label_file(flag_values.data_dir, flag_values.num_label_classes)
 
   def summarize(self, results):

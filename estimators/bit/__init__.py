@@ -123,6 +123,4 @@ class BigTransfer(finetune.TransferModel):
     if boundaries != sorted(boundaries) or (boundaries and boundaries[0] <= 0):
       raise ValueError("--lr_boundaries=%s must be positive and increasing"
                        % ",".join(str(b) for b in boundaries))
-    if recipe["weights"]:
-      self.check_weights(recipe)
 

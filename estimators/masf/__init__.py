@@ -13,7 +13,8 @@ Seed (Huawei ModelZoo) flags and how they map here:
   --dataroot            PACS root (kfold/ + splits/), read directly when --data_dir is empty;
                         --data_dir instead points at tfrecords built by `python -m input_fns.pacs`
   --weights_path        bvlc_alexnet.npy (read without executing its pickle) or its .npz
-                        conversion; empty = from scratch. The run logs which one was used.
+                        conversion; empty = from scratch. Fully checked before the graph is
+                        built (estimators/masf/weights.py); the run logs which one was used.
   summary/print/test_print_interval -> the run loop's --log_step_count_steps and its
                         evaluation cadence; filelist_root -> the official lists under splits/.
 
@@ -29,6 +30,7 @@ import tensorflow.compat.v1 as tf
 from estimators import registry
 from estimators.masf import model_fn as masf_model_fn
 from estimators.masf import network
+from estimators.masf import weights as weights_lib
 from input_fns import pacs
 from preprocessing import alexnet as alexnet_preprocessing
 
@@ -207,13 +209,16 @@ class Masf(registry.Model):
                          "fc6 is 9216 x 4096), got %d and %d"
                          % (network.REFERENCE_IMAGE_SIZE, network.FC_UNITS, flags.image_size,
                             flags.fc_units))
+
+  def check_inputs(self, flags):
     source = self._source(flags)
-    sources = source_domains(flags.target_domain)
-    for domain in sources:
+    for domain in source_domains(flags.target_domain):
       if source.count(domain, "train") < flags.meta_batch_size:
         raise ValueError("--meta_batch_size=%d exceeds the %d images of %s's train list"
                          % (flags.meta_batch_size, source.count(domain, "train"), domain))
     source.check(self._eval_lists(flags))
+    if flags.weights_path:
+      weights_lib.check(flags.weights_path, flags.image_size, flags.fc_units)
 
   def params(self, flags):
     self.target_domain = flags.target_domain
@@ -252,6 +257,20 @@ class Masf(registry.Model):
             [(flags.target_domain, "test")])
 
   def input_fn(self, flags, mode):
+    input_fn = self._input_fn(flags, mode)
+    # The TFRecords it reads (none from image folders), so that a record found corrupt
+    # while running is named (run_loop).
+    if mode == tf.estimator.ModeKeys.TRAIN:
+      lists = [(d, "train") for d in source_domains(flags.target_domain)]
+    elif mode == tf.estimator.ModeKeys.EVAL:
+      lists = self._eval_lists(flags)
+    else:
+      lists = [(flags.target_domain, "test")]
+    input_fn.files = ([pacs.tfrecord_path(flags.data_dir, d, s) for d, s in lists]
+                      if flags.data_dir else [])
+    return input_fn
+
+  def _input_fn(self, flags, mode):
     source = self._source(flags)
     if mode == tf.estimator.ModeKeys.TRAIN:
       episode = 3 * flags.meta_batch_size

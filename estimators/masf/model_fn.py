@@ -131,23 +131,6 @@ def _adam(learning_rate, name, params):
       tf.train.AdamOptimizer(learning_rate, name=name), params)
 
 
-def _pretrained_scaffold(weights, values, path):
-  """Scaffold whose init_fn copies `values` into the variables when no checkpoint exists."""
-  placeholders, assigns = [], []
-  for key, value in values.items():
-    placeholder = tf.placeholder(tf.float32, value.shape, name="pretrained_" + key.replace("/", "_"))
-    placeholders.append((placeholder, value))
-    assigns.append(tf.assign(weights[key], placeholder))
-  assign_all = tf.group(*assigns, name="load_pretrained_alexnet")
-
-  def init_fn(scaffold, session):
-    del scaffold
-    session.run(assign_all, feed_dict=dict(placeholders))
-    tf.logging.info("MASF weights: loaded %d pretrained tensors from %s", len(values), path)
-
-  return tf.train.Scaffold(init_fn=init_fn)
-
-
 def _masf_train(images, labels, weights, metric_weights, params):
   """Returns (train_op, logged tensors) for one episode."""
   b = params["meta_batch_size"]
@@ -217,9 +200,10 @@ def _deepall_train(images, labels, weights, params):
   _, logits = network.forward(images, weights, training=True)
   loss = tf.reduce_mean(_cross_entropy(labels, logits))
   global_step = tf.train.get_or_create_global_step()
-  with tf.control_dependencies(tf.get_collection(tf.GraphKeys.UPDATE_OPS)):
-    train_op = _adam(params["outer_lr"], "DeepAllAdam", params).minimize(
-        loss, global_step, var_list=list(weights.values()))
+  optimizer = _adam(params["outer_lr"], "DeepAllAdam", params)
+  grads_and_vars = optimizer.compute_gradients(loss, var_list=list(weights.values()))
+  with tf.control_dependencies(tf.get_collection(tf.GraphKeys.UPDATE_OPS)):  # update only
+    train_op = optimizer.apply_gradients(grads_and_vars, global_step)
   return loss, train_op, {"task_loss": loss, "source_accuracy": _accuracy(labels, logits)}
 
 
@@ -286,12 +270,9 @@ def model_fn(features, labels, mode, params):
   hooks = [tf.train.LoggingTensorHook(logged, every_n_iter=params["log_step_count_steps"])]
   scaffold = None
   if params["weights_path"]:
-    values = weights_lib.load_alexnet_weights(
-        params["weights_path"],
-        network.weight_shapes(params["image_size"], params["num_classes"], params["fc_units"]))
     tf.logging.info("MASF weights: conv1..fc7 from %s (fc8 and the metric net from scratch), "
                     "applied only when model_dir has no checkpoint", params["weights_path"])
-    scaffold = _pretrained_scaffold(weights, values, params["weights_path"])
+    scaffold = weights_lib.scaffold(params["weights_path"], weights.values())
   else:
     tf.logging.info("MASF weights: none (--weights_path empty), every layer from scratch")
   return tf.estimator.EstimatorSpec(mode, loss=loss, train_op=train_op, training_hooks=hooks,

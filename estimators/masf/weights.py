@@ -8,23 +8,23 @@ global (e.g. `os.system`, `builtins.eval`) is refused before it is called.
 
 The converted .npz (tools/convert_alexnet_npy.py) stores `<layer>/weights` and
 `<layer>/biases` and is read with allow_pickle=False.
+
+Both formats are seen through those keys as sources of estimators.pretrained, which checks
+them (dtype, shapes against the network's variables, finiteness) and loads them: `check`
+runs every check before the run builds its graph, `scaffold` loads in the model_fn.
 """
-import collections
-import os
 import pickle
 
 import numpy as np
+import tensorflow.compat.v1 as tf
 
+from estimators import pretrained
 from estimators.masf import network
 
 SKIP_LAYERS = ("fc8",)  # trained from scratch for the 7 PACS classes (masf_func.SKIP_LAYER)
 
 
-class WeightsError(ValueError):
-  """The weights file is unreadable or does not fit the network."""
-
-
-class UnsafePickleError(WeightsError):
+class UnsafePickleError(pretrained.WeightsError):
   """The pickle asked for a global outside the allow-list."""
 
 
@@ -51,31 +51,32 @@ class _RestrictedUnpickler(pickle.Unpickler):
     if key in self._allowed:
       return self._allowed[key]
     raise UnsafePickleError(
-        "%s: refusing to unpickle global %s.%s; only dicts, lists and numpy arrays "
-        "(numpy _reconstruct/ndarray/dtype) are allowed" % (self._path, module, name))
+        "weights file %s: refusing to unpickle global %s.%s; only dicts, lists and numpy "
+        "arrays (numpy _reconstruct/ndarray/dtype) are allowed" % (self._path, module, name))
 
 
 def _read_npy_object(path):
   """The object stored in an .npy; object arrays go through the restricted unpickler."""
-  with open(path, "rb") as f:
+  with tf.io.gfile.GFile(path, "rb") as f:
     try:
       version = np.lib.format.read_magic(f)
       if version == (1, 0):
-        shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(f)
+        shape, _, dtype = np.lib.format.read_array_header_1_0(f)
       else:
-        shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(f)
+        shape, _, dtype = np.lib.format.read_array_header_2_0(f)
     except ValueError as e:
-      raise WeightsError("%s is not a .npy file (%s)" % (path, e))
+      raise pretrained.WeightsError("weights file %s is not a .npy file (%s)" % (path, e))
     if not dtype.hasobject:
-      raise WeightsError("%s holds a plain %s array of shape %s, expected a pickled dict "
-                         "{layer: [weights, biases]}" % (path, dtype, shape))
-    del fortran_order
+      raise pretrained.WeightsError(
+          "weights file %s holds a plain %s array of shape %s, expected a pickled dict "
+          "{layer: [weights, biases]}" % (path, dtype, shape))
     try:
       array = _RestrictedUnpickler(f, path).load()
     except UnsafePickleError:
       raise
     except Exception as e:  # pylint: disable=broad-except  (corrupt pickle of any kind)
-      raise WeightsError("%s: cannot unpickle (%s: %s)" % (path, type(e).__name__, e))
+      raise pretrained.WeightsError("weights file %s: cannot unpickle (%s: %s)"
+                                    % (path, type(e).__name__, e))
   if isinstance(array, np.ndarray) and array.dtype.hasobject and array.shape == ():
     return array.item()
   return array
@@ -85,87 +86,98 @@ def _as_str(key):
   return key.decode("latin1") if isinstance(key, bytes) else str(key)
 
 
+def layer_of(key):
+  """`conv1/weights` -> `conv1`."""
+  return key.split("/")[0]
+
+
 def _split_weights_biases(path, layer, value):
   """[weights, biases] (either order, by ndim as masf_func does) -> (weights, biases)."""
   if not isinstance(value, (list, tuple)) or len(value) != 2:
-    raise WeightsError("%s: layer %s should be [weights, biases], got %s"
-                       % (path, layer, type(value).__name__))
-  arrays = []
+    raise pretrained.WeightsError("weights file %s: layer %s should be [weights, biases], "
+                                  "got %s" % (path, layer, type(value).__name__))
   for item in value:
-    if not isinstance(item, np.ndarray) or item.dtype.kind != "f":
-      raise WeightsError("%s: layer %s holds %r, expected float arrays" % (path, layer, item))
-    arrays.append(item.astype(np.float32))
-  weights = [a for a in arrays if a.ndim > 1]
-  biases = [a for a in arrays if a.ndim == 1]
+    if not isinstance(item, np.ndarray):
+      raise pretrained.WeightsError("weights file %s: layer %s holds a %s, expected arrays"
+                                    % (path, layer, type(item).__name__))
+  weights = [a for a in value if a.ndim > 1]
+  biases = [a for a in value if a.ndim == 1]
   if len(weights) != 1 or len(biases) != 1:
-    raise WeightsError("%s: layer %s should hold one kernel (ndim > 1) and one bias vector, got "
-                       "shapes %s" % (path, layer, [a.shape for a in arrays]))
+    raise pretrained.WeightsError(
+        "weights file %s: layer %s should hold one kernel (ndim > 1) and one bias vector, "
+        "got shapes %s" % (path, layer, [a.shape for a in value]))
   return weights[0], biases[0]
 
 
-def read_layers(path):
-  """Reads .npy (official pickled dict) or .npz (converted) -> OrderedDict layer -> (w, b)."""
-  if not os.path.isfile(path):
-    raise WeightsError("weights file %s does not exist" % path)
-  layers = collections.OrderedDict()
+class PickledSource(object):
+  """bvlc_alexnet.npy seen as a pretrained source keyed `<layer>/weights|biases` (the keys
+  of its .npz conversion). A pickle can only be read whole, so the arrays are kept."""
+
+  def __init__(self, path):
+    self.path = path
+    stored = _read_npy_object(path)
+    if not isinstance(stored, dict):
+      raise pretrained.WeightsError("weights file %s holds a %s, expected a dict "
+                                    "{layer: [weights, biases]}" % (path, type(stored).__name__))
+    self.arrays = {}
+    for stored_key, value in stored.items():
+      layer = _as_str(stored_key)
+      weights, biases = _split_weights_biases(path, layer, value)
+      self.arrays[network.weight_key(layer, "weights")] = weights
+      self.arrays[network.weight_key(layer, "biases")] = biases
+    for key, array in sorted(self.arrays.items()):
+      pretrained.check_dtype(path, key, array.dtype)
+    self.shapes = {key: array.shape for key, array in self.arrays.items()}
+
+  def read(self, keys):
+    for key in keys:
+      yield key, self.arrays[key]
+
+  def check_values(self):
+    for key, array in sorted(self.arrays.items()):
+      pretrained.check_finite(self.path, key, array)
+
+
+def open_source(path):
+  """The .npz (headers read) or .npy (unpickled, restricted) at `path` as a source."""
   if path.endswith(".npz"):
-    with np.load(path, allow_pickle=False) as archive:
-      names = sorted(set(k.rsplit("/", 1)[0] for k in archive.files))
-      for layer in names:
-        try:
-          layers[layer] = (archive[layer + "/weights"].astype(np.float32),
-                           archive[layer + "/biases"].astype(np.float32))
-        except KeyError:
-          raise WeightsError("%s: layer %s needs both %s/weights and %s/biases"
-                             % (path, layer, layer, layer))
-    return layers
-  stored = _read_npy_object(path)
-  if not isinstance(stored, dict):
-    raise WeightsError("%s holds a %s, expected a dict {layer: [weights, biases]}"
-                       % (path, type(stored).__name__))
-  for key in sorted(stored, key=_as_str):
-    layer = _as_str(key)
-    layers[layer] = _split_weights_biases(path, layer, stored[key])
-  return layers
+    return pretrained.NpzSource.identity(path, pretrained.read_shapes(path))
+  if not tf.io.gfile.exists(path):
+    raise pretrained.WeightsError("weights file %s does not exist" % path)
+  return PickledSource(path)
 
 
-def check_shapes(path, layers, expected_shapes, skip_layers=SKIP_LAYERS):
-  """Raises one WeightsError listing every missing, unknown or mis-shaped layer."""
-  problems = []
-  for layer, (w_shape, b_shape) in expected_shapes.items():
-    if layer in skip_layers:
-      continue
-    if layer not in layers:
-      problems.append("%s: missing" % layer)
-      continue
-    weights, biases = layers[layer]
-    if tuple(weights.shape) != tuple(w_shape):
-      problems.append("%s/weights: file %s, network %s" % (layer, weights.shape, tuple(w_shape)))
-    if tuple(biases.shape) != tuple(b_shape):
-      problems.append("%s/biases: file %s, network %s" % (layer, biases.shape, tuple(b_shape)))
-  unknown = sorted(set(layers) - set(expected_shapes) - set(skip_layers))
-  problems.extend("%s: not an AlexNet layer" % layer for layer in unknown)
-  if problems:
-    raise WeightsError("%s does not fit the network:\n  %s" % (path, "\n  ".join(problems)))
+def plan(path, variables):
+  """(source, entries) loading `path` into the AlexNet `variables` (model/<layer>/...) but
+  SKIP_LAYERS; raises one WeightsMismatchError listing every key that does not fit."""
+  source = open_source(path)
+  by_key = {pretrained.variable_name(v, network.MODEL_SCOPE): v for v in variables}
+  entries = [pretrained.Entry(variable, key) for key, variable in sorted(by_key.items())
+             if layer_of(key) not in SKIP_LAYERS]
+  extra = sorted(key for key in source.shapes
+                 if key not in by_key and layer_of(key) not in SKIP_LAYERS)
+  pretrained.check(source, entries, extra)
+  return source, entries
 
 
-def load_alexnet_weights(path, expected_shapes=None, skip_layers=SKIP_LAYERS):
-  """Pretrained conv1..fc7 as {'conv1/weights': array, ...}, checked against the network."""
-  expected_shapes = expected_shapes or network.weight_shapes()
-  layers = read_layers(path)
-  check_shapes(path, layers, expected_shapes, skip_layers)
-  values = collections.OrderedDict()
-  for layer in expected_shapes:
-    if layer not in skip_layers:
-      values[network.weight_key(layer, "weights")] = layers[layer][0]
-      values[network.weight_key(layer, "biases")] = layers[layer][1]
-  return values
+def check(path, image_size, fc_units):
+  """Every check of the file (pickle allow-list, layer structure, dtype, shapes against
+  AlexNet at `image_size` / `fc_units`, finiteness) before the run builds its graph: the
+  variables are made in a throwaway graph (no values). fc8 is not loaded, so the class
+  count does not matter. Returns the source."""
+  with tf.Graph().as_default():
+    variables = network.construct_weights(image_size, fc_units=fc_units).values()
+    source, _ = plan(path, variables)
+  source.check_values()
+  return source
 
 
-def save_npz(path, layers):
-  """Writes OrderedDict layer -> (w, b) as <layer>/weights, <layer>/biases (no pickle)."""
-  arrays = {}
-  for layer, (weights, biases) in layers.items():
-    arrays[layer + "/weights"] = weights
-    arrays[layer + "/biases"] = biases
-  np.savez(path, **arrays)
+def scaffold(path, variables):
+  """A Scaffold that initialises conv1..fc7 from `path` when model_dir has no checkpoint."""
+  source, entries = plan(path, variables)
+  return pretrained.scaffold(source, entries)
+
+
+def save_npz(path, source):
+  """Writes every array of `source` under its key (`<layer>/weights`, ...); no pickle."""
+  np.savez(path, **dict(source.read(sorted(source.shapes))))

@@ -203,6 +203,12 @@ class ProtoAttend(registry.Model):
               flags_.data_dir, data_dir,
               ", ".join(n for names in fashion_mnist.IDX_FILES.values() for n in names)))
 
+  def check_inputs(self, flags_):
+    """Builds the TFRecords now (or finds them up to date), so that a malformed IDX file
+    (IdxError, a ValueError naming the file) stops the run before any graph is built; so
+    does a TFRecord file that holds other than its manifest's count."""
+    fashion_mnist.check_record_counts(self.tfrecord_dir(flags_), flags_.ood_eval)
+
   def tfrecord_dir(self, flags_):
     """Builds (once) and returns the TFRecord directory."""
     return fashion_mnist.ensure_tfrecords(

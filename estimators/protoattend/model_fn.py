@@ -212,10 +212,12 @@ def _train_op(loss, params):
   tf.summary.scalar("learning_rate", learning_rate)
   optimizer = optimizers.wrap_optimizer(tf.train.AdamOptimizer(learning_rate), params)
   thresh = float(params["gradient_thresh"])
+  grads_and_vars = optimizer.compute_gradients(loss)
+  clipped = [(tf.clip_by_value(g, -thresh, thresh), v) for g, v in grads_and_vars
+             if g is not None]
+  # Only the update waits for UPDATE_OPS (gradient ops built in the block would each carry
+  # a control input per BN statistic, bloating the GraphDef, .meta and events files).
   with tf.control_dependencies(tf.get_collection(tf.GraphKeys.UPDATE_OPS)):
-    grads_and_vars = optimizer.compute_gradients(loss)
-    clipped = [(tf.clip_by_value(g, -thresh, thresh), v) for g, v in grads_and_vars
-               if g is not None]
     return optimizer.apply_gradients(clipped, global_step=global_step)
 
 

@@ -85,26 +85,57 @@ def encoder(images, training, attention_dim=16, val_dim=64, final_units=256, dep
 
 
 def sparsemax(logits, name="sparsemax"):
-  """Sparsemax over the last axis of a [batch, n] tensor (Martins & Astudillo, 2016).
+  """Sparsemax over the last axis of a [..., n] tensor (Martins & Astudillo, 2016).
 
   The Euclidean projection of the logits onto the probability simplex:
   p = max(z - tau, 0), with z sorted descending, support size
   k(z) = max{k : 1 + k z_(k) > sum_{j<=k} z_(j)} and tau = (sum_{j<=k(z)} z_(j) - 1) / k(z).
-  Logits are centred first (the result is shift-invariant) for float32 accuracy. The
-  gradient comes from autodiff through these ops and equals the closed form
-  dp/dz = diag(s) - s s^T / |S| (s = support indicator).
+
+  Exact on the rows a masked attention makes:
+  - -inf entries get weight 0 and gradient 0; the finite ones get the sparsemax of the
+    finite sub-row. A row of only -inf gets zeros (weights and gradient): it attends to
+    nothing. tf.contrib's sparsemax, like softmax, gives NaN there, which would spread
+    through the whole batch's loss and gradients.
+  - logits are shifted by their row max (the result is shift-invariant), not centred by
+    their mean: the support then lies in (-1, 0] and is computed to float
+    rounding next to -1e9 or float32-min entries (the mean of such a row cancels the
+    O(1) entries), and next to 1e30 (where an unshifted 1 + k z_(k) rounds to k z_(k)).
+  - a row holding NaN or +inf gives NaN weights (as tf.contrib's sparsemax and softmax
+    do) and zero gradient.
   """
   with tf.name_scope(name):
-    logits = tf.convert_to_tensor(logits)
-    num = tf.shape(logits)[-1]
-    z = logits - tf.reduce_mean(logits, axis=-1, keepdims=True)
-    z_sorted, _ = tf.nn.top_k(z, k=num)
-    cumsum = tf.cumsum(z_sorted, axis=-1)
-    k = tf.cast(tf.range(1, num + 1), z.dtype)
-    in_support = tf.cast(1.0 + k * z_sorted > cumsum, z.dtype)
-    support_size = tf.reduce_sum(in_support, axis=-1, keepdims=True)
-    tau = (tf.reduce_sum(z_sorted * in_support, axis=-1, keepdims=True) - 1.0) / support_size
-    return tf.maximum(z - tau, 0.0)
+    return _sparsemax(tf.convert_to_tensor(logits))
+
+
+@tf.custom_gradient
+def _sparsemax(logits):
+  """sparsemax's ops, with the sparsemax Jacobian diag(s) - s s^T / |S| (s: indicator of
+  the support S = {p > 0}) as gradient. Autodiff through max(z - tau, 0) would also
+  give gradient to an entry lying exactly at tau, which has weight 0 and is no part of S."""
+  dtype = logits.dtype
+  row_max = tf.reduce_max(logits, axis=-1, keepdims=True)
+  # An all -inf row is not shifted (-inf - -inf would be NaN).
+  shift = tf.where_v2(tf.is_finite(row_max), row_max, 0.0)
+  z = logits - shift
+  num = tf.shape(z)[-1]
+  z_sorted, _ = tf.nn.top_k(z, k=num)
+  k = tf.cast(tf.range(1, num + 1), dtype)
+  in_support = 1.0 + k * z_sorted > tf.cumsum(z_sorted, axis=-1)
+  support_size = tf.reduce_sum(tf.cast(in_support, dtype), axis=-1, keepdims=True)
+  support_sum = tf.reduce_sum(tf.where_v2(in_support, z_sorted, 0.0), axis=-1, keepdims=True)
+  # An all -inf row has an empty support: a size of 1 there makes tau = -1 and every
+  # weight max(-inf + 1, 0) = 0.
+  tau = (support_sum - 1.0) / tf.maximum(support_size, 1.0)
+  valid = tf.reduce_all(logits < float("inf"), axis=-1, keepdims=True)  # False for NaN
+  weights = tf.where_v2(valid, tf.maximum(z - tau, 0.0), float("nan"))
+
+  def gradient(upstream):
+    support = tf.cast(weights > 0, dtype)
+    support_mean = (tf.reduce_sum(upstream * support, axis=-1, keepdims=True) /
+                    tf.maximum(tf.reduce_sum(support, axis=-1, keepdims=True), 1.0))
+    return support * (upstream - support_mean)
+
+  return weights, gradient
 
 
 def normalize_scores(scores, normalization):
@@ -121,17 +152,13 @@ def normalize_scores(scores, normalization):
 def exclude_scores(scores, exclude, normalization):
   """Scores whose `exclude` [batch, n_cand] entries get exactly zero attention weight.
 
-  Sparsemax gives zero weight to every score below (row max - 1), since tau >= max - 1;
-  excluded scores are set to (max of the kept scores - 2), which keeps the values
-  moderate (no float32 cancellation in sparsemax's centring). Softmax gets -1e9; for
-  "none" the weights themselves are zeroed in relational_attention.
+  Sparsemax takes -inf (exactly zero weight and gradient, see sparsemax); softmax gets
+  -1e9; for "none" the weights themselves are zeroed in relational_attention.
   """
   if normalization == "softmax":
     return tf.where(exclude, tf.fill(tf.shape(scores), -1e9), scores)
   if normalization == "sparsemax":
-    lowest = tf.fill(tf.shape(scores), scores.dtype.min)
-    kept_max = tf.reduce_max(tf.where(exclude, lowest, scores), axis=1, keepdims=True)
-    return tf.where(exclude, tf.zeros_like(scores) + (kept_max - 2.0), scores)
+    return tf.where(exclude, tf.fill(tf.shape(scores), -float("inf")), scores)
   return scores
 
 

@@ -105,6 +105,4 @@ class VisionTransformer(finetune.TransferModel):
     if recipe["warmup_steps"] >= recipe["train_steps"]:
       raise ValueError("--warmup_steps=%d must be smaller than the %d training steps"
                        % (recipe["warmup_steps"], recipe["train_steps"]))
-    if recipe["weights"]:
-      self.check_weights(recipe)
 
