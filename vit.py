@@ -1,4 +1,4 @@
-"""`python vit.py --mode=train_and_eval --data_dir=... --model_dir=...` (--helpfull for flags)."""
+"""`python vit.py --mode=train_and_eval --data_dir=... --model_dir=...` (--help: the flags)."""
 from estimators import run_loop
 
 if __name__ == "__main__":

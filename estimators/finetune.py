@@ -7,8 +7,9 @@
   ImageNet-format folder (input_fns.image_sources).
 - `classifier_spec(...)`: softmax cross-entropy (integer or soft MixUp labels), SGD with
   momentum through `migration.optimizers.wrap_optimizer`, optional global-norm clipping,
-  UPDATE_OPS as control dependencies of the train op, accuracy (+ top-5 when there are at
-  least 5 classes), predictions and a serving signature;
+  UPDATE_OPS as control dependencies of the train op, accuracy (+ top-5 when there are
+  more than 5 classes: with 5 or fewer it is always 100 %), predictions and a serving
+  signature;
 - `fine_tuning_spec(...)`: the whole model_fn body around a network: builds the logits,
   loads the `.npz` into the network's variables through the Scaffold when
   params["weights"] is set, then `classifier_spec`.
@@ -24,6 +25,7 @@ from input_fns import tf_flowers
 from migration import optimizers
 
 DATASETS = ("tf_flowers", "cifar10", "cifar100", "image_folder")
+TOP_K = 5
 # Datasets whose images are smaller than 96x96 (BiT-HyperRule's small-image resolution).
 SMALL_IMAGE_DATASETS = ("cifar10", "cifar100")
 
@@ -153,9 +155,9 @@ def classifier_spec(mode, logits, labels, params, learning_rate_fn, scaffold=Non
                                       train_op=_train_op(loss, params, learning_rate))
   labels = tf.cast(labels, tf.int32)
   metrics = {"accuracy": tf.metrics.accuracy(labels, predictions["classes"])}
-  if num_classes >= 5:
+  if num_classes > TOP_K:
     metrics["top_5_accuracy"] = tf.metrics.mean(tf.cast(
-        tf.nn.in_top_k(logits, labels, 5), tf.float32))
+        tf.nn.in_top_k(logits, labels, TOP_K), tf.float32))
   return tf.estimator.EstimatorSpec(mode, loss=loss, eval_metric_ops=metrics,
                                     scaffold=scaffold)
 
@@ -181,9 +183,21 @@ class TransferModel(registry.Model):
 
   model_fn_module = None  # the model's model_fn module (has model_fn(features, ...))
   weights_module = None  # the model's .npz weights module (has plan(...))
+  headline_metric = ("accuracy", "top-1 accuracy on the --dataset's evaluation split "
+                     "(tf_flowers train[85%:], CIFAR test, image folder validation)")
 
   def recipe(self, flag_values):
     raise NotImplementedError
+
+  def splits(self, flag_values):
+    """(training split, evaluation split) of --dataset."""
+    raise NotImplementedError
+
+  def train_examples(self, flag_values):
+    """The training split's records (or --num_train_examples)."""
+    return count_train_examples(flag_values,
+                                make_source(flag_values.dataset, flag_values.data_dir),
+                                self.splits(flag_values)[0])
 
   def preprocessing(self, recipe):
     """(train_fn, eval_fn): per-example preprocessing of decoded uint8 images."""
@@ -203,10 +217,18 @@ class TransferModel(registry.Model):
       return image_sources.build_input_fn(
           source, recipe["train_split"], True, train_fn, mixup_alpha=recipe["mixup_alpha"],
           shuffle_buffer=flag_values.shuffle_buffer, seed=flag_values.tf_random_seed)
-    return image_sources.build_input_fn(source, recipe["eval_split"], False, eval_fn)
+    return image_sources.build_input_fn(source, recipe["eval_split"], False, eval_fn,
+                                        predict=mode == tf.estimator.ModeKeys.PREDICT)
 
-  def train_steps(self, flag_values):
-    return self.recipe(flag_values)["train_steps"]
+  def summarize(self, results, flag_values):
+    if "accuracy" not in results:
+      return None
+    top_5 = (", top-5 %.2f%%" % (100 * results["top_5_accuracy"])
+             if "top_5_accuracy" in results else "")
+    return ("%s eval at global step %d: top-1 %.2f%%%s accuracy on %s %s, loss %.4f "
+            "(cross-entropy)" % (self.name, results["global_step"], 100 * results["accuracy"],
+                                 top_5, flag_values.dataset, self.splits(flag_values)[1],
+                                 results["loss"]))
 
   def serving_input_receiver_fn(self, flag_values):
     return serving_input_receiver_fn(self.recipe(flag_values)["image_size"])

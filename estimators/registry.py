@@ -6,6 +6,7 @@ input for export; everything else (backend, RunConfig, Estimator, modes, logging
 shared.
 """
 import importlib
+import math
 
 _MODELS = {}
 
@@ -20,10 +21,26 @@ _MODEL_MODULES = {
 }
 
 
+def flag_given(flag_values, name):
+  """True when --name was given on the command line (or set to a value other than its
+  default): what tells an explicit --train_steps from a model's default one."""
+  flag = flag_values[name]
+  return bool(flag.present) or flag.value != flag.default
+
+
+def ceil_steps(value):
+  """Steps covering `value` (a float count of steps), rounded up; the rounding to 6
+  decimals first keeps float noise (0.1 * 300 / 10 = 3.0000000000000004) from adding one."""
+  return int(math.ceil(round(value, 6)))
+
+
 class Model(object):
   """Interface of a registered model. Subclasses override what they need."""
 
   name = None
+  # (eval result key, what it measures): the one figure a run is judged by, as the seeds
+  # report it; the final metrics line names it.
+  headline_metric = ("top_1_accuracy", "top-1 accuracy on the validation split")
 
   def define_flags(self):
     """Defines the model's own absl flags and overrides common defaults."""
@@ -39,9 +56,32 @@ class Model(object):
     """Returns an Estimator input_fn(params) for `mode` (a tf.estimator.ModeKeys value)."""
     raise NotImplementedError
 
-  def train_steps(self, flags):
-    """Total training steps for the run (from --train_steps, else from epochs)."""
+  def train_batch_size(self, flags):
+    """Examples per training step (global)."""
+    return flags.train_batch_size
+
+  def train_examples(self, flags):
+    """Examples in one training epoch of this run's data (for --train_epochs)."""
+    raise NotImplementedError
+
+  def steps_per_epoch(self, flags):
+    """Training steps per epoch (may be fractional)."""
+    return self.train_examples(flags) / float(self.train_batch_size(flags))
+
+  def default_train_steps(self, flags):
+    """Training steps when neither --train_steps nor --train_epochs is given: the
+    --train_steps default (a model may set it with set_default)."""
     return flags.train_steps
+
+  def train_steps(self, flags):
+    """Total training steps: --train_steps if given, else
+    ceil(--train_epochs x steps_per_epoch) if --train_epochs is set, else the model's
+    default (check_common_flags refuses both given)."""
+    if flag_given(flags, "train_steps"):
+      return flags.train_steps
+    if flags.train_epochs is not None:
+      return ceil_steps(flags.train_epochs * self.steps_per_epoch(flags))
+    return self.default_train_steps(flags)
 
   def steps_per_eval(self, flags):
     """Training steps between evaluations in train_and_eval mode."""
@@ -55,8 +95,9 @@ class Model(object):
     """Returns a serving_input_receiver_fn for SavedModel export, or None (no export)."""
     return None
 
-  def summarize(self, results):
-    """Human-readable lines for an evaluation's results (printed after it), or None."""
+  def summarize(self, results, flags):
+    """Human-readable lines for an evaluation's results (printed after it), naming what
+    each figure is, or None."""
     return None
 
   def validate_flags(self, flags):

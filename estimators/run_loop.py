@@ -7,11 +7,14 @@ Entry scripts are two lines (`run_loop.main("amoeba_net")`). Modes:
   train_and_eval   alternate training (--steps_per_eval) and evaluation
   predict          write predictions for the eval input to --predictions_file (JSON lines)
 A SavedModel is exported to --export_dir after training when the model has a serving input.
-Every run ends with one parseable line: `Final metrics: {json}`.
+Every run ends with one parseable line: `Final metrics: {json}`; training runs add their
+throughput (`examples_per_sec`), runs that evaluate name the model's headline figure
+(`headline_metric`, `headline_meaning`).
 """
 import json
 import os
 import re
+import sys
 import time
 
 import numpy as np
@@ -33,6 +36,28 @@ FLAGS = flags.FLAGS
 MODES = ("train", "eval", "continuous_eval", "train_and_eval", "predict")
 FINAL_METRICS_PREFIX = "Final metrics: "
 
+# The Ascend ModelZoo TF2 scripts' names (BiT seed ID2496) of run-loop flags.
+TF2_SEED_ALIASES = {
+    "batch_size": "train_batch_size",
+    "epochs": "train_epochs",
+    "log_steps": "log_step_count_steps",
+    "over_dump": "enable_dump_debug",
+    "over_dump_path": "dump_path",
+    "data_dump_flag": "enable_dump",
+    "data_dump_step": "dump_step",
+    "data_dump_path": "dump_path",
+    "profiling": "enable_profiling",
+}
+# Their switch + file pairs: (switch, file flag, its default in the seed, the NPU option the
+# file goes to when the switch is on).
+TF2_SEED_FILE_SWITCHES = (
+    ("use_mixlist", "mixlist_file", "ops_info.json", "modify_mixlist"),
+    ("fusion_off_flag", "fusion_off_file", "fusion_switch.cfg", "fusion_switch_file"),
+)
+# What the TF2 seed profiles (npu_bridge_api.md 11.4); its --profiling_dump_path is "output".
+SEED_PROFILING_OPTIONS = {"training_trace": "on", "task_trace": "on", "aicpu": "on",
+                          "fp_point": "", "bp_point": "", "aic_metrics": "PipeUtilization"}
+
 
 def define_common_flags():
   """Flags shared by every model (models add their own and may change these defaults)."""
@@ -42,8 +67,12 @@ def define_common_flags():
   flags.DEFINE_integer("train_batch_size", 64, "Global training batch size.")
   flags.DEFINE_integer("eval_batch_size", 64, "Evaluation batch size.")
   flags.DEFINE_integer("predict_batch_size", None, "Prediction batch size (default: eval).")
-  flags.DEFINE_integer("train_steps", None,
-                       "Training steps in all; default: from the model's epochs flag.")
+  flags.DEFINE_integer("train_steps", None, "Training steps in all (default: from "
+                       "--train_epochs when set, else the model's recipe); not with "
+                       "--train_epochs.")
+  flags.DEFINE_float("train_epochs", None, "Training epochs: ceil(epochs x the training "
+                     "examples of this run's data / the training batch) steps; not with "
+                     "--train_steps.")
   flags.DEFINE_integer("steps_per_eval", None, "Training steps between evaluations in "
                        "train_and_eval (default: from the model, else once at the end).")
   flags.DEFINE_integer("eval_steps", None, "Batches per evaluation (default: whole set).")
@@ -71,9 +100,13 @@ def define_common_flags():
                       "bf16 on CPU where available)." % ", ".join(validation.PRECISION_MODES))
   flags.DEFINE_string("loss_scale", "auto", "auto (follows the precision), none, dynamic, "
                       "or a fixed number.")
-  flags.DEFINE_string("fusion_switch_file", None, "Fusion switch JSON (NPU).")
-  flags.DEFINE_string("modify_mixlist", None, "Mixed-precision list JSON (NPU, needs an "
-                      "allow_mix_precision* mode).")
+  flags.DEFINE_string("fusion_switch_file", None, 'NPU fusion switch file, JSON: {"Switch": '
+                      '{"GraphFusion": {"<PassName>" or "ALL": "on"|"off", ...}, "UBFusion": '
+                      '{...}}} (only those two keys under "Switch").')
+  flags.DEFINE_string("modify_mixlist", None, 'NPU mixed-precision list file, JSON: '
+                      '{"black-list"|"white-list"|"gray-list": {"to-add": [OpType, ...], '
+                      '"to-remove": [OpType, ...]}}; needs --precision_mode=%s.'
+                      % "|".join(validation.MIXLIST_PRECISION_MODES))
   flags.DEFINE_integer("iterations_per_loop", 1, "Steps per Session.run on the NPU.")
   flags.DEFINE_boolean("enable_dump", False, "NPU data dump.")
   flags.DEFINE_string("dump_path", None, "NPU dump output folder.")
@@ -82,7 +115,10 @@ def define_common_flags():
   flags.DEFINE_boolean("enable_dump_debug", False, "NPU overflow dump.")
   flags.DEFINE_enum("dump_debug_mode", "all", validation.DUMP_DEBUG_MODES, "Overflow kind.")
   flags.DEFINE_boolean("enable_profiling", False, "NPU profiling.")
-  flags.DEFINE_string("profiling_options", None, "Profiling options as a JSON object.")
+  flags.DEFINE_string("profiling_options", None, "NPU profiling options (with "
+                      "--enable_profiling), a JSON object such as %s (checked to be a JSON "
+                      "object)." % json.dumps(dict(output="/tmp/profiling",
+                                                   **SEED_PROFILING_OPTIONS)))
   flags.DEFINE_boolean("hcom_parallel", True, "NPU: overlap allreduce with backprop.")
   flags.DEFINE_boolean("enable_data_pre_proc", True, "NPU: offload the input pipeline.")
   flags.DEFINE_boolean("mix_compile_mode", False, "NPU mixed compile (iterations_per_loop=1).")
@@ -91,9 +127,45 @@ def define_common_flags():
   flags.DEFINE_string("op_compiler_cache_dir", None, "NPU operator compile cache folder.")
 
 
+def define_tf2_seed_flags(flag_values=FLAGS):
+  """Defines the ModelZoo TF2 scripts' flag names (a model calls it from define_flags);
+  npu_options() maps the switch + file pairs."""
+  for alias, original in TF2_SEED_ALIASES.items():
+    if alias not in flag_values:
+      flags.DEFINE_alias(alias, original, flag_values=flag_values)
+  for switch, file_flag, file_default, option in TF2_SEED_FILE_SWITCHES:
+    if switch not in flag_values:
+      flags.DEFINE_boolean(switch, False, "Seed name: pass --%s to the NPU as --%s."
+                           % (file_flag, option), flag_values=flag_values)
+      flags.DEFINE_string(file_flag, file_default, "Seed name: the --%s file, used with "
+                          "--%s." % (option, switch), flag_values=flag_values)
+  if "profiling_dump_path" not in flag_values:
+    flags.DEFINE_string("profiling_dump_path", None, "Seed name: profile into this folder "
+                        "with the seed's --profiling_options (%s)."
+                        % ", ".join(sorted(SEED_PROFILING_OPTIONS)), flag_values=flag_values)
+
+
+def _seed_option(values, option, value, seed_flags):
+  if values[option] not in (None, value):
+    raise validation.ConfigError("%s and --%s=%s disagree; give one" % (
+        seed_flags, option, values[option]))
+  values[option] = value
+
+
 def npu_options(flag_values):
-  return run_config_lib.NpuOptions(**{
-      name: getattr(flag_values, name) for name in run_config_lib.NpuOptions._fields})
+  """The NPU options of the run: the run-loop flags, with the TF2 seed names' switch + file
+  pairs (where the model defines them) worked out here, once."""
+  values = {name: getattr(flag_values, name) for name in run_config_lib.NpuOptions._fields}
+  for switch, file_flag, _, option in TF2_SEED_FILE_SWITCHES:
+    if getattr(flag_values, switch, False):
+      path = getattr(flag_values, file_flag)
+      _seed_option(values, option, path, "--%s with --%s=%s" % (switch, file_flag, path))
+  seed_profile = getattr(flag_values, "profiling_dump_path", None)
+  if seed_profile:
+    _seed_option(values, "profiling_options",
+                 json.dumps(dict(output=seed_profile, **SEED_PROFILING_OPTIONS)),
+                 "--profiling_dump_path=%s" % seed_profile)
+  return run_config_lib.NpuOptions(**values)
 
 
 def run_options(flag_values):
@@ -140,6 +212,14 @@ def check_common_flags(flag_values):
     value = getattr(flag_values, name)
     if value is not None and value < 1:
       raise validation.ConfigError("--%s=%d must be positive" % (name, value))
+  if flag_values.train_epochs is not None and not flag_values.train_epochs > 0:
+    raise validation.ConfigError("--train_epochs=%r must be positive"
+                                 % flag_values.train_epochs)
+  if (registry.flag_given(flag_values, "train_steps") and
+      registry.flag_given(flag_values, "train_epochs")):
+    raise validation.ConfigError("--train_steps=%d and --train_epochs=%g both set the "
+                                 "training length; give one" % (flag_values.train_steps,
+                                                                flag_values.train_epochs))
   if flag_values.checkpoint_path and not tf.gfile.Exists(
       flag_values.checkpoint_path + ".index"):
     raise validation.ConfigError("--checkpoint_path=%s: no such checkpoint"
@@ -246,22 +326,60 @@ def run_reading(input_fn, work, flag_values):
                                                       message.splitlines()[0]))
 
 
-class ExamplesPerSecondHook(tf.train.SessionRunHook):
-  """Logs steps/sec and examples/sec every N steps and writes them as summaries."""
+class Throughput(object):
+  """A run's training throughput from its own step timing. Each train call contributes
+  the steps after its first one (graph build and warm-up) and their time; only when no
+  call trained more than one step does the whole time count."""
 
-  def __init__(self, batch_size, every_n_steps, output_dir):
+  def __init__(self):
+    self.steady = [0, 0.0]  # steps, seconds after each call's first step
+    self.whole = [0, 0.0]  # steps, seconds including the first steps
+
+  def add(self, steady_steps, steady_seconds, whole_steps, whole_seconds):
+    self.steady[0] += steady_steps
+    self.steady[1] += steady_seconds
+    self.whole[0] += whole_steps
+    self.whole[1] += whole_seconds
+
+  def measured(self):
+    """(steps, seconds, whether the first steps were left out)."""
+    if self.steady[0]:
+      return self.steady[0], self.steady[1], True
+    return self.whole[0], self.whole[1], False
+
+  def examples_per_sec(self, batch_size):
+    steps, seconds, _ = self.measured()
+    return steps * batch_size / seconds if steps and seconds > 0 else None
+
+
+class ExamplesPerSecondHook(tf.train.SessionRunHook):
+  """Logs steps/sec and examples/sec every N steps and writes them as summaries; adds the
+  train call's step timing to a Throughput (whatever N is)."""
+
+  def __init__(self, batch_size, every_n_steps, output_dir, throughput):
     self._batch_size = batch_size
     self._timer = tf.train.SecondOrStepTimer(every_steps=every_n_steps)
     self._output_dir = output_dir
+    self._throughput = throughput
 
   def begin(self):
     self._global_step = tf.train.get_global_step()
     self._writer = tf.summary.FileWriterCache.get(self._output_dir)
+    self._start_step = self._start_time = self._last_time = None
+    self._after_first = None  # (global step, time) once the first run is done
+
+  def after_create_session(self, session, coord):
+    self._start_step = session.run(self._global_step)
 
   def before_run(self, run_context):
+    if self._start_time is None:
+      self._start_time = time.time()
     return tf.train.SessionRunArgs(self._global_step)
 
   def after_run(self, run_context, run_values):
+    self._last_time = time.time()
+    if self._after_first is None:  # read after the run: one run may be many NPU steps
+      self._after_first = (run_context.session.run(self._global_step), self._last_time)
     step = run_values.results
     if self._timer.should_trigger_for_step(step):
       elapsed, steps = self._timer.update_last_triggered_step(step)
@@ -272,6 +390,14 @@ class ExamplesPerSecondHook(tf.train.SessionRunHook):
                      examples_per_sec)
         self._writer.add_summary(tf.Summary(value=[
             tf.Summary.Value(tag="examples/sec", simple_value=examples_per_sec)]), step)
+
+  def end(self, session):
+    if self._after_first is None:
+      return
+    last_step = session.run(self._global_step)
+    first_step, first_time = self._after_first
+    self._throughput.add(last_step - first_step, self._last_time - first_time,
+                         last_step - self._start_step, self._last_time - self._start_time)
 
 
 def _jsonable(value):
@@ -301,6 +427,8 @@ class Runner(object):
     self.backend = backend
     self.stop = stop or run_control.GracefulStop()  # unless entered, signals act as usual
     self.model_flags = model_flag_values(model, flag_values)
+    self.train_batch_size = model.train_batch_size(flag_values)
+    self.throughput = Throughput()
     npu_opts = npu_options(flag_values)
     config = run_config_lib.build_run_config(backend, run_options(flag_values), npu_opts)
     params = dict(model.params(flag_values))
@@ -312,7 +440,7 @@ class Runner(object):
                  params["compute_dtype"], params["loss_scale"])
     self.estimator = estimator_lib.create_estimator(
         model.model_fn, config, params,
-        train_batch_size=flag_values.train_batch_size,
+        train_batch_size=self.train_batch_size,
         eval_batch_size=flag_values.eval_batch_size,
         predict_batch_size=flag_values.predict_batch_size, backend=backend)
 
@@ -328,8 +456,8 @@ class Runner(object):
 
   def train(self, max_steps):
     divergence = checkpoints.DivergenceHook()
-    hooks = [ExamplesPerSecondHook(self.flags.train_batch_size,
-                                   self.flags.log_step_count_steps, self.flags.model_dir),
+    hooks = [ExamplesPerSecondHook(self.train_batch_size, self.flags.log_step_count_steps,
+                                   self.flags.model_dir, self.throughput),
              self.stop.hook(), divergence, self.compatibility_hook()]
     start = time.time()
     input_fn = self.model.input_fn(self.flags, tf.estimator.ModeKeys.TRAIN)
@@ -355,15 +483,28 @@ class Runner(object):
                       "reported" % (self.flags.eval_batch_size, self.flags.eval_steps))
     self.stop.check()
     logging.info("Evaluation results: %s", results)
-    summary = self.model.summarize(results)
+    summary = self.model.summarize(results, self.flags)
     if summary:
       print(summary, flush=True)
     return results
 
+  def throughput_metrics(self):
+    """{"examples_per_sec": ...} of the training so far (logged), or {} if none ran."""
+    examples_per_sec = self.throughput.examples_per_sec(self.train_batch_size)
+    if examples_per_sec is None:
+      return {}
+    steps, seconds, steady = self.throughput.measured()
+    logging.info("Training throughput: %.1f examples/sec (%d steps of %d examples in %.3f s, "
+                 "%s)", examples_per_sec, steps, self.train_batch_size, seconds,
+                 "leaving out the first step of each training call" if steady else
+                 "the first step included: no training call ran more than one")
+    return {"examples_per_sec": examples_per_sec}
+
   def run_train(self):
     seconds = self.train(self.model.train_steps(self.flags))
     self.export()
-    return {"mode": "train", "global_step": self.global_step(), "train_seconds": seconds}
+    return dict(self.throughput_metrics(), mode="train", global_step=self.global_step(),
+                train_seconds=seconds)
 
   def run_train_and_eval(self):
     total = self.model.train_steps(self.flags)
@@ -376,7 +517,8 @@ class Runner(object):
       results = self.evaluate()
       step = self.global_step()
     self.export()
-    return dict(results, mode="train_and_eval", train_seconds=seconds)
+    return dict(results, mode="train_and_eval", train_seconds=seconds,
+                **self.throughput_metrics())
 
   def run_eval(self):
     return dict(self.evaluate(checkpoint_to_read(self.flags)), mode="eval")
@@ -436,13 +578,14 @@ class Runner(object):
 def run(model, flag_values):
   """Validates everything, then runs `flag_values.mode`; returns the final metrics."""
   check_common_flags(flag_values)
+  validation.check_npu_options(npu_options(flag_values))
+  backend = backend_lib.select_backend(flag_values.device)
   try:
     model.validate_flags(flag_values)
-    model.check_inputs(flag_values)
+    model.check_inputs(flag_values)  # the last check: it may build a data cache
   except ValueError as e:
     raise validation.ConfigError(str(e))
-  validation.check_npu_options(npu_options(flag_values))
-  backend = backend_lib.activate(backend_lib.select_backend(flag_values.device))
+  backend_lib.activate(backend)
   stop = run_control.GracefulStop()
   runner = Runner(model, flag_values, backend, stop)
   prepare_output_folders(flag_values)
@@ -458,6 +601,9 @@ def run(model, flag_values):
         print_final_metrics({"mode": flag_values.mode, "global_step": runner.global_step(),
                              "interrupted": interrupted.signal_name})
         raise
+  key, meaning = model.headline_metric
+  if key in metrics:
+    metrics = dict(metrics, headline_metric=key, headline_meaning=meaning)
   print_final_metrics(metrics)
   return metrics
 
@@ -494,13 +640,35 @@ def parse_flags(model_name, argv):
   return model, FLAGS
 
 
+def declare_key_flags(model_name):
+  """Makes the run loop's and the model's flags key flags of the main module: absl's
+  --help lists only those (the rest, TensorFlow's and absl's own, is in --helpfull)."""
+  names = [flag.name for flag in FLAGS.get_flags_for_module(__name__)]
+  for name in names + _MODEL_FLAG_NAMES[model_name]:
+    FLAGS.register_key_flag_for_module(sys.argv[0], FLAGS[name])
+
+
+def silence_deprecation_warnings():
+  """TensorFlow's "... is deprecated" warnings (one line in six of a TF 2.15 run) name
+  TensorFlow internals nobody running a model can act on. There is no public switch; these
+  module settings (deprecated functions; deprecated tf.* names, TF 1.15) leave every other
+  log line, ours at INFO included, as it is."""
+  # pylint: disable=g-import-not-at-top,protected-access
+  from tensorflow.python.util import deprecation
+  from tensorflow.python.util import module_wrapper
+  deprecation._PRINT_DEPRECATION_WARNINGS = False
+  module_wrapper._PER_MODULE_WARNING_LIMIT = 0
+
+
 def main(model_name):
   """Entry point of `<model>.py` scripts: defines flags, parses argv, runs."""
   model = define_flags(model_name)
+  declare_key_flags(model_name)
 
   def _main(argv):
     if len(argv) > 1:
       raise app.UsageError("unexpected arguments: %s" % " ".join(argv[1:]))
+    silence_deprecation_warnings()
     logging.set_verbosity(logging.INFO)
     tf.logging.set_verbosity(tf.logging.INFO)
     tf.get_logger().propagate = False  # TF's own handler prints it; absl would print it again

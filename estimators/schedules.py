@@ -31,7 +31,7 @@ def _check(condition, message):
 
 def learning_rate(global_step, method, base_lr, decay_steps=None, decay_rate=None,
                   staircase=True, total_steps=None, boundaries=None, values=None,
-                  factors=None, warmup_steps=0, min_lr=0.0, name="learning_rate"):
+                  factors=None, warmup_steps=0, min_lr=0.0, name="learning_rate_schedule"):
   """Returns a float32 scalar tensor: the learning rate at `global_step`.
 
   Args:
@@ -45,6 +45,8 @@ def learning_rate(global_step, method, base_lr, decay_steps=None, decay_rate=Non
       of base_lr (exactly one of the two).
     warmup_steps: linear warm-up length in steps (0 = none).
     min_lr: floor.
+    name: name scope of the schedule's ops; not "learning_rate", which would make the
+      model's tf.summary.scalar("learning_rate", ...) tag `learning_rate_1`.
   """
   _check(method in METHODS, "learning-rate method %r is not one of %s"
          % (method, ", ".join(METHODS)))

@@ -20,7 +20,7 @@ Features of every step (TPUEstimator style: the query batch has params['batch_si
   cand_label  [C] int32
   cand_id     [C] int32, index of each candidate in the training set
   is_ood      [B] int32 (eval/predict only): 1 for the out-of-distribution digits
-  weight      [B] float32 (eval/predict only): 0 for the padding of the last batch
+  weight      [B] float32 (eval only): 0 for the padding of the last batch
 Training candidates are a fresh random batch of `example_cand_size` augmented training
 images every step (as upstream); evaluation and prediction use one fixed database of
 `eval_cand_size` training images (a seeded random subset, the same for every checkpoint),
@@ -401,9 +401,10 @@ def make_input_fn(tfrecord_dir, mode, example_cand_size, eval_cand_size, eval_ca
 
   TRAIN repeats forever over shuffled, augmented training images with a fresh candidate
   batch per step. EVAL and PREDICT make one pass over the test set (plus, when
-  include_ood, the OOD digits), padded to whole batches (padding has weight 0), each step
-  carrying the fixed candidate database. PREDICT yields features only. With
-  in_batch_candidates, TRAIN features carry no candidates (the model uses the batch).
+  include_ood, the OOD digits), each step carrying the fixed candidate database. EVAL pads
+  the last batch to a whole one (static shapes; padding has weight 0); PREDICT yields
+  features only and does not pad: one prediction per example. With in_batch_candidates,
+  TRAIN features carry no candidates (the model uses the batch).
   """
   modes = tf.estimator.ModeKeys
 
@@ -423,7 +424,9 @@ def make_input_fn(tfrecord_dir, mode, example_cand_size, eval_cand_size, eval_ca
           num_parallel_calls=2)
     else:
       queries = _interleaved_eval_records(tfrecord_dir, include_ood).batch(batch_size)
-      queries = queries.map(parse_batch).map(lambda b: _pad_batch(b, batch_size))
+      queries = queries.map(parse_batch)
+      if mode != modes.PREDICT:
+        queries = queries.map(lambda b: _pad_batch(b, batch_size))
       cands = _fixed_candidates(tfrecord_dir, eval_cand_size, eval_cand_seed)
       dataset = tf.data.Dataset.zip((queries, cands)).map(
           lambda q, c: _split_labels(_merge(_eval_query(q), c)))

@@ -1,7 +1,8 @@
 """Labelled-image datasets behind one interface, and the fine-tuning input pipeline.
 
 A source knows its classes, its split sizes, and yields serialized records that `parse`
-turns into (encoded image, int32 label in [0, num_classes)):
+turns into (encoded image, int32 label in [0, num_classes)), or, for prediction, records
+with their keys that `parse_unlabeled` turns into (encoded image, identifier):
 - `TfdsSource`: a TFDS-layout folder (tf_flowers, converted CIFAR), TFDS split strings;
 - `ImageFolderSource`: ImageNet-format shards (tools/build_image_tfrecords.py, or the
   tpu/slim ImageNet build), read through input_fns.imagenet; splits `train` and
@@ -44,12 +45,16 @@ class TfdsSource(object):
   def files(self, split):
     return [path for path, _, _ in self.dataset.read_plan(split)]
 
-  def records(self, split, num_workers=1, worker_index=0):
-    return self.dataset.records(split, num_workers, worker_index)
+  def records(self, split, num_workers=1, worker_index=0, with_keys=False):
+    return self.dataset.records(split, num_workers, worker_index, with_keys)
 
   @staticmethod
   def parse(serialized):
     return tfds_layout.parse(serialized)
+
+  @staticmethod
+  def parse_unlabeled(serialized, key):
+    return tfds_layout.parse_unlabeled(serialized, key)
 
 
 class ImageFolderSource(object):
@@ -88,12 +93,12 @@ class ImageFolderSource(object):
     self.files(split)  # rejects other split names
     imagenet.check_record_counts(self.data_dir, self.SPLITS[split])
 
-  def records(self, split, num_workers=1, worker_index=0):
+  def records(self, split, num_workers=1, worker_index=0, with_keys=False):
     files = self.files(split)
     dataset = tf.data.Dataset.from_tensor_slices(files)
     if num_workers > 1:
       dataset = dataset.shard(num_workers, worker_index)
-    return dataset.flat_map(tf.data.TFRecordDataset)
+    return dataset.flat_map(tfds_layout.keyed_records if with_keys else tf.data.TFRecordDataset)
 
   def parse(self, serialized):
     parsed = tf.parse_single_example(serialized, {
@@ -106,15 +111,24 @@ class ImageFolderSource(object):
     with tf.control_dependencies([in_range]):
       return parsed["image/encoded"], tf.identity(label)
 
+  @staticmethod
+  def parse_unlabeled(serialized, key):
+    parsed = tf.parse_single_example(serialized, {
+        k: imagenet.FEATURE_SPEC[k] for k in ("image/encoded", "image/filename")})
+    return parsed["image/encoded"], imagenet.example_id(parsed["image/filename"], key)
+
 
 def build_input_fn(source, split, is_training, preprocess_fn, mixup_alpha=0.0,
-                   shuffle_buffer=10000, seed=None, drop_remainder=None):
+                   shuffle_buffer=10000, seed=None, drop_remainder=None, predict=False):
   """input_fn(params, input_context=None) -> Dataset of ({"image": images}, labels).
 
   images: float32 [B, size, size, 3] (preprocess_fn(encoded) gives one image); labels:
   int32 [B], or float32 one-hot [B, num_classes] mixed by MixUp when `mixup_alpha` > 0.
   Training repeats forever. Evaluation reads the split once; it drops the last partial
   batch only on the NPU (static shapes) unless `drop_remainder` says otherwise.
+  `predict` reads the split once into features {"image": images, "id": [B] strings} (the
+  record's file name, else its TFDS id), without labels and keeping the last partial
+  batch: one prediction per example.
   The returned function has attribute `files` (what it reads, so that the run loop can
   name a corrupt one).
   """
@@ -123,6 +137,18 @@ def build_input_fn(source, split, is_training, preprocess_fn, mixup_alpha=0.0,
   source.check_split(split)
   if drop_remainder is None:
     drop_remainder = is_training or backend_lib.current().is_npu
+
+  def predict_input_fn(params, input_context=None):
+    num_workers, worker_index = imagenet.worker_shard(input_context)
+    dataset = source.records(split, num_workers, worker_index, with_keys=True)
+
+    def _parse_and_preprocess(serialized, key):
+      encoded, identifier = source.parse_unlabeled(serialized, key)
+      return {"image": preprocess_fn(encoded), "id": identifier}
+
+    dataset = dataset.map(_parse_and_preprocess,
+                          num_parallel_calls=tf.data.experimental.AUTOTUNE)
+    return dataset.batch(params["batch_size"]).prefetch(tf.data.experimental.AUTOTUNE)
 
   def input_fn(params, input_context=None):
     batch_size = params["batch_size"]
@@ -146,5 +172,6 @@ def build_input_fn(source, split, is_training, preprocess_fn, mixup_alpha=0.0,
       dataset = dataset.map(_mixup, num_parallel_calls=tf.data.experimental.AUTOTUNE)
     return dataset.prefetch(tf.data.experimental.AUTOTUNE)
 
-  input_fn.files = source.files(split)
-  return input_fn
+  chosen = predict_input_fn if predict else input_fn
+  chosen.files = source.files(split)
+  return chosen

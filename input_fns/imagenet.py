@@ -27,6 +27,7 @@ from absl import logging
 import tensorflow.compat.v1 as tf
 
 from input_fns import record_checks
+from input_fns import tfds_layout
 from preprocessing import inception
 
 TRAIN_PREFIX = "train"
@@ -100,6 +101,15 @@ def check_label_file(data_dir, num_label_classes, label_offset=0):
         "least %d, got %d" % (path, len(names), len(names), label_offset, needed,
                               num_label_classes))
   return names
+
+
+def class_name_table(data_dir, num_label_classes):
+  """[name of class id i] from data_dir's labels.txt (line i names label i), "" for the
+  ids it does not name (0, the background class); None without labels.txt."""
+  names = check_label_file(data_dir, num_label_classes)
+  if names is None:
+    return None
+  return [""] + names + [""] * (num_label_classes - 1 - len(names))
 
 
 def check_tfrecords(files, max_records_per_file=None):
@@ -192,6 +202,22 @@ def parse_record(serialized, is_training, image_size, num_label_classes, label_o
   return image, label
 
 
+def example_id(filename, key):
+  """A record's identifier: its image/filename, else (empty) its record key."""
+  return tf.where(tf.equal(filename, ""), key, filename)
+
+
+def parse_unlabeled(serialized, key, image_size, fast_mode=True):
+  """Serialized tf.Example and its record key -> {"image": the eval-preprocessed image,
+  "id": example_id}. The label is not read: records to predict may have none."""
+  parsed = tf.parse_single_example(
+      serialized, {k: FEATURE_SPEC[k] for k in ("image/encoded", "image/filename")})
+  name = example_id(parsed["image/filename"], key)
+  image = inception.preprocess_image(parsed["image/encoded"], False, image_size,
+                                     fast_mode=fast_mode, image_name=name)
+  return {"image": image, "id": name}
+
+
 def _read_records(path):
   return tf.data.TFRecordDataset(path, buffer_size=READ_BUFFER_BYTES)
 
@@ -239,13 +265,16 @@ def build_input_fn(data_dir, is_training, image_size, num_label_classes=1001,
                    cr_distortion_range=0.1, synthetic=False, label_offset=0,
                    fast_mode=True, shuffle_buffer=DEFAULT_SHUFFLE_BUFFER, cycle_length=None,
                    drop_remainder=True, seed=None, check_records=False,
-                   synthetic_eval_batches=10):
+                   synthetic_eval_batches=10, predict=False):
   """Returns input_fn(params, input_context=None) -> Dataset of (images, labels).
 
   images: float32 [B, image_size, image_size, 3] in [-1, 1]; labels: int32 [B] (the stored
   label minus `label_offset`). B = params['batch_size'], per worker. Training repeats
   forever; evaluation reads the validation split once. `drop_remainder` (default True, as
   upstream; static shapes suit the NPU) makes evaluation skip the last partial batch.
+  `predict` reads the validation split once into features {"image": images, "id": [B]
+  strings (parse_unlabeled)}, without labels and keeping the last partial batch: one
+  prediction per record.
   The returned function has attribute `files` (the shards; empty in synthetic mode).
   """
   if image_size <= 0:
@@ -271,6 +300,9 @@ def build_input_fn(data_dir, is_training, image_size, num_label_classes=1001,
       return synthetic_dataset(batch_size, image_size, num_label_classes, is_training,
                                synthetic_eval_batches)
     num_workers, worker_index = worker_shard(input_context)
+    if predict:
+      return _predict_dataset(files, image_size, fast_mode, batch_size, num_workers,
+                              worker_index)
     dataset = tf.data.Dataset.from_tensor_slices(files)
     shard_files = len(files) >= num_workers
     if num_workers > 1 and shard_files:
@@ -295,3 +327,13 @@ def build_input_fn(data_dir, is_training, image_size, num_label_classes=1001,
 
   input_fn.files = files
   return input_fn
+
+
+def _predict_dataset(files, image_size, fast_mode, batch_size, num_workers, worker_index):
+  """The records in shard order (each keyed by its TFDS-style id), eval-preprocessed."""
+  dataset = tf.data.Dataset.from_tensor_slices(files).flat_map(tfds_layout.keyed_records)
+  if num_workers > 1:
+    dataset = dataset.shard(num_workers, worker_index)
+  dataset = dataset.map(lambda record, key: parse_unlabeled(record, key, image_size, fast_mode),
+                        num_parallel_calls=tf.data.experimental.AUTOTUNE)
+  return dataset.batch(batch_size).prefetch(tf.data.experimental.AUTOTUNE)

@@ -1,4 +1,4 @@
-"""PACS for MASF: split lists, a tfrecord builder and the episodic / evaluation input_fns.
+"""PACS for MASF: split lists, a tfrecord builder, the episodic / evaluation / predict inputs.
 
 Layout of the release (see ../shared/data/README.md):
   <dataroot>/kfold/<domain>/<class>/<file>           227x227 JPEG (sketch: PNG)
@@ -294,23 +294,29 @@ class PacsSource(object):
       return count
     return len(self._list_entries(domain, split))
 
-  def encoded_dataset(self, domain, split):
-    """Dataset of (encoded image bytes, 0-based int32 label)."""
+  def encoded_dataset(self, domain, split, with_names=False):
+    """Dataset of (encoded image bytes, 0-based int32 label), with_names plus the image's
+    <domain>/<class>/<file>."""
     if self.data_dir:
       spec = {"image/encoded": tf.io.FixedLenFeature([], tf.string),
               "image/class/label": tf.io.FixedLenFeature([], tf.int64)}
+      if with_names:
+        spec["image/filename"] = tf.io.FixedLenFeature([], tf.string)
 
       def _parse(record):
         parsed = tf.io.parse_single_example(record, spec)
-        return parsed["image/encoded"], tf.cast(parsed["image/class/label"], tf.int32)
+        fields = (parsed["image/encoded"], tf.cast(parsed["image/class/label"], tf.int32))
+        return fields + (parsed["image/filename"],) if with_names else fields
 
       self.count(domain, split)
       return tf.data.TFRecordDataset(tfrecord_path(self.data_dir, domain, split)).map(_parse)
     entries = self._list_entries(domain, split)
     paths = [image_path(self.dataroot, e.relpath) for e in entries]
     labels = [e.label for e in entries]
-    files = tf.data.Dataset.from_tensor_slices((paths, tf.constant(labels, tf.int32)))
-    return files.map(lambda path, label: (tf.io.read_file(path), label))
+    names = [e.relpath for e in entries]
+    files = tf.data.Dataset.from_tensor_slices((paths, tf.constant(labels, tf.int32), names))
+    return files.map(lambda path, label, name: (tf.io.read_file(path), label) + (
+        (name,) if with_names else ()))
 
 
 _AUTOTUNE = tf.data.experimental.AUTOTUNE
@@ -371,44 +377,60 @@ def episode_dataset(source, source_domains, meta_batch_size, image_size, flip_pr
   return tf.data.Dataset.zip(per_domain).map(_episode).prefetch(1)
 
 
-def eval_dataset(source, domain_splits, image_size, batch_size, with_labels=True, pad=True):
-  """Every image of the given (domain, split) lists once, in order.
+def _eval_image(encoded, image_size):
+  image = alexnet_preprocessing.resize_uint8(alexnet_preprocessing.decode_rgb(encoded),
+                                             image_size)
+  return alexnet_preprocessing.preprocess_for_eval(image)
 
-  features: images, domains (index in DOMAINS), weights; labels 0-based (or features only).
-  With pad, every batch has exactly batch_size rows (static shapes for the NPU): the last
-  one is padded with weight-0 rows of domain -1.
-  """
-  datasets = []
-  for domain, split in domain_splits:
-    domain_id = DOMAINS.index(domain)
-    datasets.append(source.encoded_dataset(domain, split).map(
-        lambda encoded, label, i=domain_id: (encoded, label, i)))
+
+def _concatenate(datasets):
   dataset = datasets[0]
   for other in datasets[1:]:
     dataset = dataset.concatenate(other)
+  return dataset
+
+
+def eval_dataset(source, domain_splits, image_size, batch_size):
+  """Every image of the given (domain, split) lists once, in order.
+
+  features: images, domains (index in DOMAINS), weights; labels 0-based. Every batch has
+  exactly batch_size rows (static shapes for the NPU): the last one is padded with
+  weight-0 rows of domain -1.
+  """
+  dataset = _concatenate([
+      source.encoded_dataset(domain, split).map(
+          lambda encoded, label, i=DOMAINS.index(domain): (encoded, label, i))
+      for domain, split in domain_splits])
 
   def _prepare(encoded, label, domain_id):
-    image = alexnet_preprocessing.resize_uint8(alexnet_preprocessing.decode_rgb(encoded),
-                                               image_size)
-    return alexnet_preprocessing.preprocess_for_eval(image), label, domain_id
+    return _eval_image(encoded, image_size), label, domain_id
 
   dataset = dataset.map(_prepare, num_parallel_calls=_AUTOTUNE).batch(batch_size)
 
   def _finish(images, labels, domain_ids):
     real = tf.shape(labels)[0]
-    weights = tf.ones([real], tf.float32)
-    if pad:
-      missing = batch_size - real
-      images = tf.pad(images, [[0, missing], [0, 0], [0, 0], [0, 0]])
-      labels = tf.pad(labels, [[0, missing]])
-      domain_ids = tf.pad(domain_ids, [[0, missing]], constant_values=-1)
-      weights = tf.pad(weights, [[0, missing]])
-      for tensor in (images, labels, domain_ids, weights):
-        tensor.set_shape([batch_size] + tensor.shape.as_list()[1:])
-    features = {"images": images, "domains": domain_ids, "weights": weights}
-    return (features, labels) if with_labels else features
+    missing = batch_size - real
+    images = tf.pad(images, [[0, missing], [0, 0], [0, 0], [0, 0]])
+    labels = tf.pad(labels, [[0, missing]])
+    domain_ids = tf.pad(domain_ids, [[0, missing]], constant_values=-1)
+    weights = tf.pad(tf.ones([real], tf.float32), [[0, missing]])
+    for tensor in (images, labels, domain_ids, weights):
+      tensor.set_shape([batch_size] + tensor.shape.as_list()[1:])
+    return {"images": images, "domains": domain_ids, "weights": weights}, labels
 
   return dataset.map(_finish).prefetch(1)
+
+
+def predict_dataset(source, domain_splits, image_size, batch_size):
+  """Features only, every image of the (domain, split) lists once, in order: images and
+  id (the image's <domain>/<class>/<file>). The last batch is not padded: one prediction
+  per image."""
+  dataset = _concatenate([source.encoded_dataset(domain, split, with_names=True)
+                          for domain, split in domain_splits])
+  dataset = dataset.map(
+      lambda encoded, label, name: {"images": _eval_image(encoded, image_size), "id": name},
+      num_parallel_calls=_AUTOTUNE)
+  return dataset.batch(batch_size).prefetch(1)
 
 
 def main(argv=None):

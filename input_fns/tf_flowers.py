@@ -8,7 +8,9 @@ The only split, `train` (3,670 photos in the real set), is divided as in keras-i
 BiT port: `train[:85%]` for training, `train[85%:]` for validation.
 
 `build_from_image_folder` writes this layout from a folder of class sub-folders (e.g. the
-Kaggle flower photos, whose folder names are the singular forms) for tests and offline use.
+Kaggle flower photos, whose folder names are the singular forms) for tests and offline use
+(CLI: tools/build_tfds_flowers.py). Its examples also hold `file_name`
+(`<sub-folder>/<file>`, the key TFDS imagenet2012 uses), which predictions report.
 """
 import os
 import random
@@ -72,14 +74,15 @@ def build_from_image_folder(image_dir, data_dir, num_shards=NUM_SHARDS, seed=0,
     label = CLASS_NAMES.index(class_for_folder(folder))
     files = sorted(f for f in tf.io.gfile.listdir(path)
                    if f.lower().endswith(IMAGE_EXTENSIONS))
-    items.extend((os.path.join(path, f), label) for f in files[:max_per_class])
+    items.extend((folder + "/" + f, label) for f in files[:max_per_class])
   if not items:
     raise ValueError("image folder %s has no class sub-folders with .jpg files" % image_dir)
   random.Random(seed).shuffle(items)
   examples = []
-  for path, label in items:
-    with tf.io.gfile.GFile(path, "rb") as f:
-      examples.append(tfds_layout.image_example(f.read(), label))
+  for name, label in items:
+    with tf.io.gfile.GFile(os.path.join(image_dir, name), "rb") as f:
+      examples.append(tfds_layout.image_example(f.read(), label,
+                                                {"file_name": name.encode("utf-8")}))
   return tfds_layout.write_dataset(
       data_dir, NAME, VERSION, {"train": examples}, CLASS_NAMES, num_shards,
       features=FEATURES, description="Flower photos (built from %s)" % image_dir)

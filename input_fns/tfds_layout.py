@@ -166,19 +166,34 @@ class TfdsDataset(object):
       offset += length
     return plan
 
-  def records(self, spec, num_workers=1, worker_index=0):
-    """Dataset of serialized tf.Examples of `spec`, in order; sharded by worker if > 1."""
+  def records(self, spec, num_workers=1, worker_index=0, with_keys=False):
+    """Dataset of serialized tf.Examples of `spec`, in order (with_keys: of (example, its
+    TFDS id), see keyed_records); sharded by worker if > 1."""
     plan = self.read_plan(spec)
     if not plan:
       raise ValueError("split %r of %s is empty" % (spec, self.path))
     files, skips, takes = [list(column) for column in zip(*plan)]
     dataset = tf.data.Dataset.from_tensor_slices(
         (files, tf.constant(skips, tf.int64), tf.constant(takes, tf.int64)))
-    dataset = dataset.flat_map(
-        lambda path, skip, take: tf.data.TFRecordDataset(path).skip(skip).take(take))
+    if with_keys:
+      dataset = dataset.flat_map(keyed_records)
+    else:
+      dataset = dataset.flat_map(
+          lambda path, skip, take: tf.data.TFRecordDataset(path).skip(skip).take(take))
     if num_workers > 1:
       dataset = dataset.shard(num_workers, worker_index)
     return dataset
+
+
+def keyed_records(path, skip=0, take=-1):
+  """Dataset of (serialized record, TFDS id) of `path` from record `skip` on, `take` of
+  them (-1: all). The TFDS id `<file name>__<index in the file>` is what
+  tensorflow_datasets' ReadConfig(add_tfds_id=True) gives: a stable name for a record
+  that holds none."""
+  name = tf.strings.regex_replace(path, r"^.*/", "")
+  ids = tf.data.experimental.Counter(skip).map(
+      lambda index: tf.strings.join([name, "__", tf.strings.as_string(index)]))
+  return tf.data.Dataset.zip((tf.data.TFRecordDataset(path).skip(skip).take(take), ids))
 
 
 def shard_path(path, name, split, index, num_shards):
@@ -245,7 +260,24 @@ FEATURE_SPEC = {
 }
 
 
+# Features naming an example, most specific first: TFDS imagenet2012's `file_name` (which
+# tf_flowers.build_from_image_folder writes too) and cifar's `id`.
+NAME_FEATURES = ("file_name", "id")
+
+
 def parse(serialized):
   """Serialized TFDS image example -> (encoded image bytes, int32 label)."""
   parsed = tf.parse_single_example(serialized, FEATURE_SPEC)
   return parsed["image"], tf.cast(parsed["label"], tf.int32)
+
+
+def parse_unlabeled(serialized, key):
+  """Serialized TFDS image example and its TFDS id -> (encoded image bytes, identifier):
+  the first NAME_FEATURES the example has, else `key`. The label is not read."""
+  spec = {name: tf.FixedLenFeature((), tf.string, "") for name in NAME_FEATURES}
+  spec["image"] = FEATURE_SPEC["image"]
+  parsed = tf.parse_single_example(serialized, spec)
+  identifier = key
+  for name in reversed(NAME_FEATURES):
+    identifier = tf.where(tf.equal(parsed[name], ""), identifier, parsed[name])
+  return parsed["image"], identifier

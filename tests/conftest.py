@@ -100,3 +100,10 @@ def migration_env(monkeypatch):
   yield _set
   runtime.reset()
   backend_lib.activate(backend_lib.Backend("cpu"))
+
+
+def scalar_summary_tags(graph):
+  """The tags of the graph's tf.summary.scalar ops (what TensorBoard shows)."""
+  import tensorflow.compat.v1 as tf  # pylint: disable=g-import-not-at-top
+  return {tf.compat.as_str(tf.get_static_value(op.inputs[0]).item())
+          for op in graph.get_operations() if op.type == "ScalarSummary"}

@@ -14,6 +14,7 @@ from estimators.amoeba_net import AmoebaNet
 from estimators.amoeba_net import define_amoeba_flags
 from estimators.amoeba_net import model_fn as model_fn_lib
 from estimators.amoeba_net import network
+from tests import conftest
 
 if hasattr(tf, "disable_eager_execution"):
   tf.disable_eager_execution()
@@ -301,6 +302,7 @@ def parsed_flags(*argv):
     flags.DEFINE_integer(name, default, "", flag_values=flag_values)
   for name in ("train_steps", "eval_steps", "steps_per_eval", "tf_random_seed"):
     flags.DEFINE_integer(name, None, "", flag_values=flag_values)
+  flags.DEFINE_float("train_epochs", None, "", flag_values=flag_values)
   flags.DEFINE_string("data_dir", "/data", "", flag_values=flag_values)
   define_amoeba_flags(flag_values)
   flag_values(["prog"] + list(argv))
@@ -316,7 +318,17 @@ def test_defaults_and_step_counts():
   assert model.train_steps(parsed_flags("--train_steps=7")) == 7
   params = model.params(flag_values)
   assert params["total_train_steps"] == 700665 and params["train_batch_size"] == 64
+  assert params["num_epochs"] == 35
   model.validate_flags(flag_values)
+
+
+def test_epochs_are_the_run_loops_train_epochs_with_the_seed_name_kept():
+  model = AmoebaNet()
+  assert parsed_flags().train_epochs == 35        # the seed's default, as --train_epochs
+  assert model.train_steps(parsed_flags("--num_epochs=2")) == 2 * 20019
+  half = parsed_flags("--train_epochs=0.5", "--num_train_images=1000", "--train_batch_size=10")
+  assert model.steps_per_epoch(half) == 100 and model.train_steps(half) == 50
+  assert model.params(parsed_flags("--num_epochs=2"))["num_epochs"] == 2
 
 
 @pytest.mark.parametrize("argv,match", [
@@ -445,6 +457,14 @@ def test_saved_model_takes_jpeg_and_carries_ema_weights(trained, tmp_path):
 
   expected = np.stack([p["logits"] for p in est.predict(input_fn)])
   np.testing.assert_allclose(served, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_learning_rate_summary_is_tagged_learning_rate():
+  with tf.Graph().as_default() as graph:
+    images, labels = fixed_batch()
+    model_fn_lib.model_fn(tf.constant(images), tf.constant(labels),
+                          tf.estimator.ModeKeys.TRAIN, tiny_params())
+    assert "learning_rate" in conftest.scalar_summary_tags(graph)
 
 
 def test_model_fn_trains_with_aux_head_clipping_and_drop_path():

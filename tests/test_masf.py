@@ -477,6 +477,7 @@ def _flag_values(argv=()):
       absl_flags.DEFINE_string(name, default, "", flag_values=values)
     else:
       absl_flags.DEFINE_integer(name, default, "", flag_values=values)
+  absl_flags.DEFINE_float("train_epochs", None, "", flag_values=values)
   model = registry.get("masf")
   model.define_flags(values)
   values(["test"] + list(argv))
@@ -497,9 +498,9 @@ def test_flag_defaults_and_validation(mini_pacs):
   model, values = _flag_values(_tiny_argv(mini_pacs, "--train_iterations=7"))
   model.validate_flags(values)
   assert model.train_steps(values) == values.train_steps == 7
-  assert values.train_batch_size == 18
+  assert model.train_batch_size(values) == 18
+  assert values.train_batch_size == 378, "flags are never rewritten"
   for argv, flag in ((["--train_batch_size=20"], "--train_batch_size"),
-                     (["--train_iterations=7", "--train_steps=8"], "--train_iterations"),
                      (["--meta_batch_size=2"], "--meta_batch_size"),
                      (["--weights_path=%s" % os.path.join(mini_pacs, "splits",
                                                           "photo_test_kfold.txt")],
@@ -509,6 +510,28 @@ def test_flag_defaults_and_validation(mini_pacs):
     with pytest.raises(ValueError) as error:
       model.validate_flags(values)
     assert flag in str(error.value)
+
+
+def test_train_epochs_count_the_source_domains_training_images(mini_pacs, mini_records):
+  for data_flags in ([], ["--data_dir=%s" % mini_records]):  # split lists, builder summary
+    model, values = _flag_values(_tiny_argv(mini_pacs, "--train_epochs=3", *data_flags))
+    assert model.train_examples(values) == 3 * 7 * (PER_CLASS - 1)  # 42 = 3 domains' train
+    assert model.train_steps(values) == 7  # ceil(3 * 42 / (3 x meta_batch_size 6))
+
+
+def test_summary_names_the_target_and_the_source_accuracy(mini_pacs):
+  results = {"global_step": 5, "target_accuracy": 0.6, "source_crossval_accuracy": 0.8,
+             "accuracy": 0.8}
+  for domain in pacs.DOMAINS:
+    results.update({"accuracy/" + domain: 0.6 if domain == "cartoon" else 0.8,
+                    "examples/" + domain: 21 if domain == "cartoon" else 7})
+  model, values = _flag_values(_tiny_argv(mini_pacs))
+  first = model.summarize(results, values).splitlines()[0]
+  assert first.startswith("MASF at global step 5: target accuracy 60.00% (held-out cartoon, "
+                          "its test list"), first
+  assert ("source crossval accuracy 80.00% (art_painting, photo, sketch)" in first and
+          "selected on the source crossval accuracy" in first), first
+  assert model.headline_metric[0] == "target_accuracy"
 
 
 def test_input_check_names_missing_data(tmp_path):
@@ -594,7 +617,7 @@ def _estimator(model, values, model_dir):
   params = model.params(values)
 
   def model_fn(features, labels, mode, params):
-    batch = (values.train_batch_size if mode == tf.estimator.ModeKeys.TRAIN
+    batch = (model.train_batch_size(values) if mode == tf.estimator.ModeKeys.TRAIN
              else values.eval_batch_size)
     return model.model_fn(features, labels, mode, dict(params, batch_size=batch))
 
@@ -636,6 +659,7 @@ def test_estimator_masf_train_eval_predict(mini_pacs, mini_records, tmp_path):
   assert results["examples/cartoon"] == 7 * PER_CLASS  # target: its whole test list
   assert results["examples/photo"] == 7  # sources: their crossval lists
   assert results["accuracy"] == results["source_crossval_accuracy"]
+  assert results[model.headline_metric[0]] == results["accuracy/cartoon"]
   table = masf.format_domain_table(masf.domain_accuracies(results), masf.PUBLISHED_MASF)
   assert "| average |" in table and "| cartoon |" in table
 

@@ -17,6 +17,7 @@ from estimators.protoattend import network
 from estimators import layers
 from input_fns import fashion_mnist
 from preprocessing import pad_crop_flip
+from tests import conftest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA_DIR = os.path.join(os.environ.get("DATA_ROOT") or os.path.join(REPO, "..", "shared",
@@ -561,6 +562,8 @@ def test_model_fn_eval_metrics_present_and_loss_terms():
     for t in (0.5, 0.8, 0.9, 0.95, 0.99, 0.999):
       expected |= {"confidence_above_%g/accuracy" % t, "confidence_above_%g/coverage" % t}
     assert expected <= keys, expected - keys
+    from estimators import registry  # pylint: disable=g-import-not-at-top
+    assert registry.get("protoattend").headline_metric[0] in keys
     with tf.Session() as sess:
       sess.run([tf.global_variables_initializer(), tf.local_variables_initializer()])
       sess.run([op for _, op in spec.eval_metric_ops.values()])
@@ -607,6 +610,7 @@ def _flag_values():
                         ("log_step_count_steps", 100), ("save_checkpoints_steps", 100),
                         ("eval_steps", 0), ("steps_per_eval", 0)):
     flags.DEFINE_integer(name, default, "", flag_values=fv)
+  flags.DEFINE_float("train_epochs", None, "", flag_values=fv)
   for name in ("data_dir", "model_dir"):
     flags.DEFINE_string(name, "", "", flag_values=fv)
   flags.DEFINE_string("device", "auto", "", flag_values=fv)
@@ -651,6 +655,41 @@ def test_flags_defaults_aliases_and_validation():
   fv2.data_dir = "/nonexistent/fmnist"
   with pytest.raises(ValueError, match="--data_dir='/nonexistent/fmnist'"):
     model2.validate_flags(fv2)
+
+
+def test_epochs_count_the_training_set_actually_used(synthetic):
+  model, fv = _flag_values()
+  fv(["prog", "--data_dir=%s" % synthetic[1], "--train_epochs=2", "--batch_size=16"])
+  assert model.train_steps(fv) == math.ceil(2 * SYNTHETIC_TRAIN / 16.0)  # 25
+  fv.unparse_flags()
+  fv(["prog", "--data_dir=%s" % synthetic[1]])
+  assert model.train_steps(fv) == 100000, "the recipe's steps without --train_epochs"
+
+
+def test_tfrecord_cache_defaults_to_a_folder_in_model_dir(synthetic, tmp_path, monkeypatch):
+  caches = []
+  monkeypatch.setattr(fashion_mnist, "ensure_tfrecords",
+                      lambda data_dir, cache, include_ood: caches.append(cache) or cache)
+  model, fv = _flag_values()
+  fv(["prog", "--data_dir=%s" % synthetic[0], "--model_dir=%s" % (tmp_path / "run")])
+  model.tfrecord_dir(fv)
+  assert caches == [str(tmp_path / "run" / "fashion_mnist_tfrecords")]
+  assert "<model_dir>/fashion_mnist_tfrecords" in fv["tfrecord_dir"].help
+
+
+def test_help_names_the_flags_that_make_training_fast():
+  _, fv = _flag_values()
+  assert ("--in_batch_candidates" in fv["example_cand_size"].help and
+          "bf16" in fv["example_cand_size"].help)
+
+
+def test_learning_rate_summary_is_tagged_learning_rate():
+  rng = np.random.RandomState(8)
+  with tf.Graph().as_default() as graph:
+    features = _random_features(rng, 4, 16)
+    model_fn_lib.model_fn(features, tf.constant(rng.randint(0, 10, 4), tf.int32),
+                          tf.estimator.ModeKeys.TRAIN, TINY)
+    assert "learning_rate" in conftest.scalar_summary_tags(graph)
 
 
 def test_model_is_registered():

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import tensorflow.compat.v1 as tf
 
+from estimators import registry
 from estimators import run_loop
 from migration import backend as backend_lib
 from tests import conftest
@@ -46,6 +47,11 @@ def test_train_and_eval_then_eval_only_in_a_new_process(tmp_path):
   assert metrics["accuracy"] > 0.9
   assert metrics["examples_evaluated"] == 256, "the whole eval split, counted"
   assert "examples/sec" in out and "steps/sec" in out
+  assert metrics["examples_per_sec"] > 0 and "Training throughput: " in out
+  assert (metrics["headline_metric"], metrics["headline_meaning"]) == (
+      "accuracy", "accuracy on the blobs' evaluation split")
+  assert "is deprecated" not in out, "TensorFlow's deprecation warnings are off"
+  assert re.search(r"INFO:tensorflow:loss = [0-9.]+, step = \d+", out), "INFO lines are kept"
   assert os.listdir(str(tmp_path / "export")), "no SavedModel exported"
   assert glob_events(model_dir), "no TensorBoard summaries"
 
@@ -57,6 +63,59 @@ def test_train_and_eval_then_eval_only_in_a_new_process(tmp_path):
                         "--checkpoint_path=" + os.path.join(model_dir, "model.ckpt-20"))
   assert code == 0, out
   assert final_metrics(out)["global_step"] == 20
+
+
+def test_a_run_shorter_than_the_log_interval_reports_its_throughput(tmp_path):
+  model_dir = str(tmp_path / "run")
+  code, out = run_entry("--model_dir=" + model_dir, "--mode=train", "--train_steps=3")
+  assert code == 0, out
+  assert final_metrics(out)["examples_per_sec"] > 0
+  assert re.search(r"Training throughput: [0-9.]+ examples/sec \(2 steps of 32 examples in "
+                   r"[0-9.]+ s, leaving out the first step of each training call\)", out), out
+  code, out = run_entry("--model_dir=" + model_dir, "--mode=train", "--train_steps=4")
+  assert code == 0, out
+  assert final_metrics(out)["examples_per_sec"] > 0
+  assert "(1 steps of 32 examples in " in out and "the first step included" in out, out
+
+
+def test_throughput_leaves_out_each_calls_first_step_unless_that_is_all():
+  throughput = run_loop.Throughput()
+  assert throughput.examples_per_sec(10) is None
+  throughput.add(0, 0.0, 1, 2.0)  # one step, 2 s with the graph build: all there is
+  assert throughput.examples_per_sec(10) == 5.0
+  throughput.add(4, 1.0, 5, 3.0)  # 4 steps after the first took 1 s
+  assert throughput.examples_per_sec(10) == 40.0
+  assert throughput.measured() == (4, 1.0, True)
+
+
+def test_train_epochs_set_the_steps_and_train_steps_overrides_the_default():
+  model, flag_values = run_loop.parse_flags("tiny", ["--model_dir=/tmp/unused",
+                                                     "--train_epochs=2.5"])
+  assert model.train_steps(flag_values) == 20  # 2.5 x 256 examples / batch 32
+  model, flag_values = run_loop.parse_flags("tiny", [
+      "--model_dir=/tmp/unused", "--train_epochs=0.1", "--tiny_examples=300",
+      "--train_batch_size=10"])
+  assert model.train_steps(flag_values) == 3, "0.1 * 300 / 10 is 3, not 3.0000000000000004"
+  model, flag_values = run_loop.parse_flags("tiny", ["--model_dir=/tmp/unused",
+                                                     "--train_steps=7"])
+  assert model.train_steps(flag_values) == 7
+  model, flag_values = run_loop.parse_flags("tiny", ["--model_dir=/tmp/unused"])
+  assert model.train_steps(flag_values) == 20  # the model's default
+  assert registry.Model.headline_metric == ("top_1_accuracy",
+                                            "top-1 accuracy on the validation split")
+
+
+def test_help_lists_the_run_loop_and_model_flags_with_the_npu_file_formats():
+  _, out = run_entry("--help")  # absl exits 1 after --help
+  for flag in ("--train_epochs", "--train_steps", "--mode", "--tiny_hidden",
+               "--profiling_options", "--fusion_switch_file", "--modify_mixlist"):
+    assert flag + ":" in out, flag
+  _, flag_values = run_loop.parse_flags("tiny", ["--model_dir=/tmp/unused"])
+  for flag, keys in (("profiling_options", ('"output"', '"training_trace"')),
+                     ("fusion_switch_file", ('"Switch"', '"GraphFusion"', '"UBFusion"')),
+                     ("modify_mixlist", ('"black-list"', '"white-list"', '"gray-list"',
+                                         '"to-add"', '"to-remove"'))):
+    assert all(key in flag_values[flag].help for key in keys), flag_values[flag].help
 
 
 def glob_events(model_dir):
@@ -74,6 +133,9 @@ def glob_events(model_dir):
     (["--loss_scale=0.5"], "--loss_scale=0.5"),
     (["--op_compiler_cache_mode=always"], "--op_compiler_cache_mode=always is not one of"),
     (["--checkpoint_path=/no/ckpt", "--mode=eval"], "--checkpoint_path=/no/ckpt"),
+    (["--train_steps=5", "--train_epochs=1"],
+     "--train_steps=5 and --train_epochs=1 both set the training length; give one"),
+    (["--train_epochs=0"], "--train_epochs=0.0 must be positive"),
 ])
 def test_bad_input_exits_before_any_graph(tmp_path, args, message):
   model_dir = tmp_path / "run"

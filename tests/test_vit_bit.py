@@ -6,6 +6,8 @@ match a plain NumPy forward pass over the same arrays.
 """
 import io
 import json
+import logging
+import math
 import os
 import pickle
 import subprocess
@@ -24,6 +26,7 @@ from estimators import run_loop
 from migration import backend as backend_lib
 from migration import estimator as estimator_lib
 from migration import run_config as run_config_lib
+from migration import validation
 from estimators.bit import model_fn as bit_model_fn
 from estimators.bit import network as bit_network
 from estimators.bit import weights as bit_weights
@@ -576,7 +579,8 @@ def test_estimator_warm_starts_fresh_model_dir_only(tmp_path, model, cpu_backend
     np.testing.assert_array_equal(estimator.get_variable_value(probe), first[probe])
   assert estimator.get_variable_value("global_step") == 2
   metrics = estimator.evaluate(synthetic_input_fn(size, 5), steps=1)
-  assert {"accuracy", "top_5_accuracy", "loss"} <= set(metrics)
+  assert {"accuracy", "loss"} <= set(metrics)
+  assert "top_5_accuracy" not in metrics, "always 100 % with 5 classes"
 
 
 @pytest.mark.parametrize("model", ["vit", "bit"])
@@ -632,6 +636,18 @@ def test_bit_learning_rate_is_the_hyperrule_staircase():
                 [0, 50, 100, 200, 201, 301, 401])
   np.testing.assert_allclose(got, [0, 0.0015, 0.003, 0.003, 0.0003, 0.00003, 0.000003],
                              rtol=1e-5, atol=1e-9)
+
+
+@pytest.mark.parametrize("model", ["vit", "bit"])
+def test_learning_rate_summary_is_tagged_learning_rate(model, cpu_backend):
+  del cpu_backend
+  model_fn = {"vit": vit_model_fn, "bit": bit_model_fn}[model].model_fn
+  with tf.Graph().as_default() as graph:
+    features = {"image": tf.zeros([2, 32, 32, 3])}
+    labels = tf.constant([0, 4])
+    model_fn(features, labels, tf.estimator.ModeKeys.TRAIN,
+             dict(tiny_params(model, None, 5), batch_size=2))
+    assert "learning_rate" in conftest.scalar_summary_tags(graph)
 
 
 def test_mixup_mixes_batch_with_its_reverse():
@@ -869,6 +885,65 @@ def test_bit_recipe_hyperrule_and_keras_io(flowers_tfds):
               384, 224, 4000, 0, [10, 20], 0.2)
 
 
+def test_train_epochs_set_the_steps_of_vit_and_bit(flowers_tfds):
+  examples = finetune.make_source("tf_flowers", flowers_tfds).num_examples(
+      tf_flowers.TRAIN_SPLIT)
+  for name in ("vit", "bit"):
+    model, flag_values = parse(name, "--data_dir=" + flowers_tfds, "--train_batch_size=64",
+                               "--train_epochs=2")
+    assert model.train_examples(flag_values) == examples
+    assert model.params(flag_values)["train_steps"] == math.ceil(2 * examples / 64.0)
+
+
+def test_bit_hyperrule_warmup_and_boundaries_scale_with_the_steps(flowers_tfds, caplog):
+  for argv, expected in (
+      (["--train_steps=1000"], (1000, 200, [400, 600, 800])),  # 20 %; 40/60/80 %
+      (["--train_steps=2"], (2, 0, [1, 1, 2])),
+      (["--train_steps=1000", "--warmup_steps=10", "--lr_boundaries=100,200"],
+       (1000, 10, [100, 200])),
+      (["--train_steps=1000", "--nohyperrule"], (1000, 0, [200, 300, 400]))):
+    model, flag_values = parse("bit", "--data_dir=" + flowers_tfds, *argv)
+    caplog.set_level(logging.INFO, logger="absl")  # after parsing: --verbosity resets it
+    model.validate_flags(flag_values)
+    params = model.params(flag_values)
+    assert (params["train_steps"], params["warmup_steps"], params["lr_boundaries"]) == expected
+  logged = [r.getMessage() for r in caplog.records if "BiT schedule" in r.getMessage()]
+  assert len(logged) == 4 and logged[0].startswith(
+      "BiT schedule: 1000 steps, linear warm-up over 200, lr 0.000375 / 10 after steps 400, "
+      "600, 800 (BiT-HyperRule: 500 steps, warm-up 100, boundaries 200/300/400"), logged[0]
+
+
+def test_bit_takes_the_tf2_seed_flag_names_to_the_npu_run_config(flowers_tfds, tmp_path,
+                                                                  npu_double):
+  mixlist = tmp_path / "ops_info.json"
+  mixlist.write_text('{"white-list": {"to-add": ["ReduceMeanD"]}}')
+  fusion = tmp_path / "fusion_switch.cfg"
+  fusion.write_text('{"Switch": {"GraphFusion": {"ALL": "off"}}}')
+  model, flag_values = parse(
+      "bit", "--data_dir=" + flowers_tfds, "--batch_size=32", "--epochs=1", "--log_steps=5",
+      "--precision_mode=allow_mix_precision", "--use_mixlist=True",
+      "--mixlist_file=%s" % mixlist, "--fusion_off_flag=True", "--fusion_off_file=%s" % fusion,
+      "--over_dump=True", "--over_dump_path=%s" % tmp_path, "--profiling=True",
+      "--profiling_dump_path=/tmp/prof")
+  examples = model.train_examples(flag_values)
+  assert (flag_values.train_batch_size, flag_values.log_step_count_steps) == (32, 5)
+  assert model.train_steps(flag_values) == math.ceil(examples / 32.0)
+  options = run_loop.npu_options(flag_values)
+  validation.check_npu_options(options)
+  backend = backend_lib.activate(backend_lib.select_backend("npu"))
+  config = run_config_lib.build_run_config(backend, run_loop.run_options(flag_values), options)
+  assert config._modify_mixlist == str(mixlist) and config._fusion_switch_file == str(fusion)
+  assert (config._dump_config._enable_dump_debug, config._dump_config._dump_path) == (
+      True, str(tmp_path))
+  profiling = json.loads(config._profiling_config._profiling_options)
+  assert profiling == dict(run_loop.SEED_PROFILING_OPTIONS, output="/tmp/prof")
+  model, flag_values = parse("bit", "--data_dir=" + flowers_tfds, "--use_mixlist=True",
+                             "--mixlist_file=a.json", "--modify_mixlist=b.json")
+  with pytest.raises(validation.ConfigError, match=r"^--use_mixlist with --mixlist_file=a.json "
+                     r"and --modify_mixlist=b.json disagree; give one$"):
+    run_loop.npu_options(flag_values)
+
+
 @pytest.mark.parametrize("model_name,argv,message", [
     ("vit", ["--image_size=8"], "--image_size=8 is smaller than the B/16 patch size 16"),
     ("vit", ["--warmup_steps=600"], "--warmup_steps=600 must be smaller"),
@@ -1033,5 +1108,6 @@ def test_run_loop_fine_tunes_from_npz_on_real_flowers(tmp_path, model_name, vari
   metrics = run_loop.run(model, flag_values)
   assert metrics["global_step"] == 6
   assert np.isfinite(metrics["loss"]) and 0.0 <= metrics["accuracy"] <= 1.0
-  assert "top_5_accuracy" in metrics
+  assert "top_5_accuracy" not in metrics, "always 100 % with 5 classes"
+  assert metrics["headline_metric"] == "accuracy"
   assert os.listdir(str(tmp_path / "export")), "no SavedModel exported"

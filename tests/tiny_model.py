@@ -54,6 +54,8 @@ def blobs_input_fn(mode, num_examples, label_shift=0):
 @registry.register("tiny")
 class TinyModel(registry.Model):
 
+  headline_metric = ("accuracy", "accuracy on the blobs' evaluation split")
+
   def define_flags(self):
     flags.DEFINE_float("tiny_learning_rate", 0.1, "Learning rate.")
     flags.DEFINE_integer("tiny_examples", 256, "Examples per split.")
@@ -71,8 +73,11 @@ class TinyModel(registry.Model):
   def input_fn(self, flags_, mode):
     return blobs_input_fn(mode, flags_.tiny_examples, flags_.tiny_label_shift)
 
-  def train_steps(self, flags_):
-    return flags_.train_steps or 20
+  def train_examples(self, flags_):
+    return flags_.tiny_examples
+
+  def default_train_steps(self, flags_):
+    return 20
 
   def serving_input_receiver_fn(self, flags_):
     def _fn():

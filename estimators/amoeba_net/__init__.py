@@ -6,8 +6,11 @@ Flag defaults are the Huawei port's (= the DAWNBench N6F256 224-px recipe), exce
   plain SGD (--optimizer=sgd reproduces it) while keeping lr=2.56 at batch 64.
 - --use_nesterov defaults to False: the reference hparams declare use_nesterov=1, but its
   momentum branch never passes it on, so False reproduces the reference's behaviour.
-- Drop-path (--drop_connect_keep_prob < 1) and cosine decay span the run's training steps
-  (--train_steps, else from --num_epochs); the reference derives them from num_epochs.
+- Drop-path (--drop_connect_keep_prob < 1) spans the run's training steps (--train_steps,
+  else from --num_epochs); the reference derives it from num_epochs.
+- --num_epochs is the seed's name of the run loop's --train_epochs (default 35 here);
+  an epoch is ceil(num_train_images / train_batch_size) steps, as in the reference's
+  per-epoch loop (35 epochs at batch 64 = the Huawei run's 700,665 steps).
 """
 import math
 
@@ -27,7 +30,6 @@ FLAG_SPECS = (
     ("stem_reduction_size", "integer", 32, "Filters of the 3x3/2 stem convolution."),
     ("image_size", "integer", 224, "Input height and width."),
     ("num_label_classes", "integer", 1001, "Classes (ImageNet: 1000 + background 0)."),
-    ("num_epochs", "float", 35.0, "Training epochs (sets the steps unless --train_steps)."),
     ("num_epochs_per_eval", "float", 1.0,
      "train_and_eval: epochs between evaluations (unless --steps_per_eval)."),
     ("num_train_images", "integer", 1281167, "Images in the training split."),
@@ -66,8 +68,9 @@ ENUM_VALUES = {
     "lr_decay_method": model_fn_lib.LR_DECAY_METHODS,
     "optimizer": model_fn_lib.OPTIMIZERS,
 }
-# The reference scripts' batch sizes (Huawei test/train_full_1p.sh).
+# The reference scripts' batch sizes and epochs (Huawei test/train_full_1p.sh).
 BATCH_SIZE_DEFAULT = 64
+TRAIN_EPOCHS_DEFAULT = 35.0
 AUX_HEAD_MIN_INPUT = network.AUX_POOL_SIZE
 
 
@@ -80,10 +83,10 @@ def define_amoeba_flags(flag_values=flags.FLAGS):
   for name in ("train_batch_size", "eval_batch_size"):
     if name in flag_values:
       flag_values.set_default(name, BATCH_SIZE_DEFAULT)
-
-
-def _epoch_steps(flag_values):
-  return int(math.ceil(flag_values.num_train_images / float(flag_values.train_batch_size)))
+  if "train_epochs" in flag_values:
+    flag_values.set_default("train_epochs", TRAIN_EPOCHS_DEFAULT)
+    if "num_epochs" not in flag_values:
+      flags.DEFINE_alias("num_epochs", "train_epochs", flag_values=flag_values)
 
 
 def _min_image_size_for_aux_head(num_cells):
@@ -106,9 +109,15 @@ class AmoebaNet(registry.Model):
     define_amoeba_flags()
 
   def params(self, flag_values):
+    from input_fns import imagenet  # pylint: disable=g-import-not-at-top
     values = {name: getattr(flag_values, name) for name, _, _, _ in FLAG_SPECS}
     values.update(train_batch_size=flag_values.train_batch_size,
-                  total_train_steps=self.train_steps(flag_values))
+                  num_epochs=flag_values.train_epochs,
+                  total_train_steps=self.train_steps(flag_values),
+                  # names of the predicted classes (labels.txt; None: class ids only)
+                  class_names=None if flag_values.use_synthetic_data else
+                  imagenet.class_name_table(flag_values.data_dir,
+                                            flag_values.num_label_classes))
     return values
 
   def model_fn(self, features, labels, mode, params):
@@ -123,15 +132,20 @@ class AmoebaNet(registry.Model):
         cb_distortion_range=flag_values.cb_distortion_range,
         cr_distortion_range=flag_values.cr_distortion_range,
         synthetic=flag_values.use_synthetic_data,
-        seed=flag_values.tf_random_seed)
+        seed=flag_values.tf_random_seed,
+        predict=mode == tf.estimator.ModeKeys.PREDICT)
 
-  def train_steps(self, flag_values):
-    """--train_steps, else int(num_epochs * ceil(num_train_images / train_batch_size))."""
-    return flag_values.train_steps or int(flag_values.num_epochs * _epoch_steps(flag_values))
+  def train_examples(self, flag_values):
+    return flag_values.num_train_images
+
+  def steps_per_epoch(self, flag_values):
+    """ceil(num_train_images / train_batch_size): whole steps, as the reference counts."""
+    return int(math.ceil(self.train_examples(flag_values) /
+                         float(flag_values.train_batch_size)))
 
   def steps_per_eval(self, flag_values):
     return flag_values.steps_per_eval or max(
-        1, int(flag_values.num_epochs_per_eval * _epoch_steps(flag_values)))
+        1, int(flag_values.num_epochs_per_eval * self.steps_per_epoch(flag_values)))
 
   def eval_steps(self, flag_values):
     """--eval_steps, else num_eval_images // eval_batch_size (full batches only)."""
@@ -170,7 +184,7 @@ class AmoebaNet(registry.Model):
     _check(f.eval_steps or f.num_eval_images >= f.eval_batch_size,
            "--num_eval_images=%d is smaller than --eval_batch_size=%d (0 eval steps)"
            % (f.num_eval_images, f.eval_batch_size))
-    for name in ("num_epochs", "num_epochs_per_eval", "lr", "lr_decay_value",
+    for name in ("num_epochs_per_eval", "lr", "lr_decay_value",
                  "lr_num_epochs_per_decay", "batch_norm_epsilon", "aux_scaling"):
       _check(getattr(f, name) > 0, "--%s=%r must be > 0" % (name, getattr(f, name)))
     for name in ("lr_warmup_epochs", "weight_decay", "gradient_clipping_by_global_norm",
@@ -202,9 +216,14 @@ class AmoebaNet(registry.Model):
       imagenet.check_record_counts(flag_values.data_dir, is_training=False)
     imagenet.check_label_file(flag_values.data_dir, flag_values.num_label_classes)
 
-  def summarize(self, results):
+  def summarize(self, results, flag_values):
     if "top_1_accuracy" not in results:
       return None
-    return ("AmoebaNet-D eval at global step %d: top-1 %.2f%%, top-5 %.2f%%, loss %.4f"
-            % (results["global_step"], 100 * results["top_1_accuracy"],
-               100 * results["top_5_accuracy"], results["loss"]))
+    # With 5 classes or fewer the top-5 accuracy is 100 % whatever the model does.
+    top_5 = (", top-5 %.2f%%" % (100 * results["top_5_accuracy"])
+             if flag_values.num_label_classes > 5 else "")
+    return ("AmoebaNet-D eval at global step %d: top-1 %.2f%%%s accuracy on the validation "
+            "split (%s), loss %.4f (cross-entropy with label smoothing)"
+            % (results["global_step"], 100 * results["top_1_accuracy"], top_5,
+               "EMA weights" if flag_values.moving_average_decay > 0 else "raw weights",
+               results["loss"]))

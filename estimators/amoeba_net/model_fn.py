@@ -19,6 +19,7 @@
 import tensorflow.compat.v1 as tf
 
 from estimators import layers
+from estimators import predictions as predictions_lib
 from estimators import schedules
 from estimators.amoeba_net import network
 from migration import optimizers as optimizers_lib
@@ -164,9 +165,10 @@ def model_fn(features, labels, mode, params):
   _log_model_size(images, training)
 
   if mode == tf.estimator.ModeKeys.PREDICT:
-    predictions = {"classes": tf.argmax(logits, axis=1),
-                   "probabilities": tf.nn.softmax(logits, name="predictions"),
-                   "logits": logits}
+    predictions = predictions_lib.add_input_fields(
+        {"classes": tf.argmax(logits, axis=1),
+         "probabilities": tf.nn.softmax(logits, name="predictions"),
+         "logits": logits}, features, params.get("class_names"))
     return tf.estimator.EstimatorSpec(
         mode, predictions=predictions, scaffold=ema_scaffold(params),
         export_outputs={"serving_default": tf.estimator.export.PredictOutput(predictions)})

@@ -6,18 +6,29 @@
               < 500k: 10k steps, warm-up 500, after 3k/6k/9k
               >= 500k: 20k steps, warm-up 500, after 6k/12k/18k
   MixUp       alpha 0.1 with >= 20k training examples, else off
+  steps       --train_steps / --train_epochs change the length; the warm-up and the decay
+              points stay the same fractions of it (500 steps: 20 %, 40/60/80 %; 10k and
+              20k: 5 % and 2.5 %, 30/60/90 %), as HyperRule scales its own schedules
 `--nohyperrule` follows keras-io `bit.py` / the Huawei port (ID2496): resize 384, crop 224,
-no warm-up, lr / 10 after 200/300/400, 500 * 512 / batch steps, no MixUp.
+no warm-up, lr / 10 after 200/300/400 whatever the length, 500 * 512 / batch steps, no MixUp.
 Both: SGD momentum 0.9, lr 0.003 * batch / 512, no weight decay, zero-initialised head,
 images in [-1, 1] (the .npz weights' range; the port's TF-Hub model wanted [0, 1]),
 evaluation at the crop size (the port evaluated at 384 uncropped, models.md §3.7).
 Splits: tf_flowers train[:85%] / train[85%:], CIFAR train / test, image folder
 train / validation. Every value can be overridden by its flag.
+
+The TF2 ModelZoo seed's flag names are accepted (run_loop.define_tf2_seed_flags):
+--batch_size, --epochs (full passes over the training split here; the seed's Keras epochs
+were 10 steps each), --log_steps, --use_mixlist + --mixlist_file, --fusion_off_flag +
+--fusion_off_file, --over_dump(_path), --data_dump_flag/_step/_path, --profiling(_dump_path).
+Not ported: --eval_static (evaluation always covers every example).
 """
 from absl import flags
+from absl import logging
 
 from estimators import finetune
 from estimators import registry
+from estimators import run_loop
 from estimators.bit import model_fn as model_fn_lib
 from estimators.bit import network
 from estimators.bit import weights
@@ -51,6 +62,14 @@ def hyperrule_schedule(num_examples):
   return 20000, 500, (6000, 12000, 18000), 0.1
 
 
+def scale_schedule(train_steps, length, warmup, boundaries):
+  """(warm-up, boundaries) at the same fractions of `train_steps` as of `length`; a
+  boundary is at least step 1 (the piecewise schedule needs positive ones)."""
+  scale = train_steps / float(length)
+  return (int(round(warmup * scale)),
+          [max(1, int(round(boundary * scale))) for boundary in boundaries])
+
+
 @registry.register("bit")
 class BigTransfer(finetune.TransferModel):
 
@@ -62,24 +81,39 @@ class BigTransfer(finetune.TransferModel):
 
   def define_flags(self):
     finetune.define_flags()
+    run_loop.define_tf2_seed_flags()
     flags.DEFINE_enum("bit_model", "R50x1", list(network.VARIANTS), "BiT variant.")
     flags.DEFINE_boolean("hyperrule", True, "BiT-HyperRule resolution, schedule and MixUp "
-                         "(off: the keras-io / Huawei-port settings).")
+                         "(off: the keras-io / Huawei-port settings); its warm-up and lr "
+                         "boundaries scale with --train_steps / --train_epochs.")
     flags.DEFINE_list("lr_boundaries", None, "Steps after which the lr drops 10x.")
     flags.DEFINE_integer("resize_size", None, "Training resize before the random crop.")
 
+  def splits(self, flag_values):
+    return SPLITS[flag_values.dataset]
+
+  def reference_schedule(self, flag_values):
+    """(steps, warm-up, boundaries, mixup alpha) of the recipe for this run's data and
+    batch: BiT-HyperRule's by training set size, else keras-io's."""
+    if flag_values.hyperrule:
+      return hyperrule_schedule(self.train_examples(flag_values))
+    return (int(KERAS_IO_SCHEDULE_LENGTH * REFERENCE_BATCH / flag_values.train_batch_size),
+            0, KERAS_IO_BOUNDARIES, 0.0)
+
+  def default_train_steps(self, flag_values):
+    return self.reference_schedule(flag_values)[0]
+
   def recipe(self, flag_values):
     """All hyperparameters, flags applied over the recipe defaults."""
-    train_split, eval_split = SPLITS[flag_values.dataset]
+    train_split, eval_split = self.splits(flag_values)
     source = finetune.make_source(flag_values.dataset, flag_values.data_dir)
+    length, warmup, boundaries, mixup = self.reference_schedule(flag_values)
+    steps = self.train_steps(flag_values)
     if flag_values.hyperrule:
       resize, crop = hyperrule_resolution(flag_values.dataset)
-      num_examples = finetune.count_train_examples(flag_values, source, train_split)
-      steps, warmup, boundaries, mixup = hyperrule_schedule(num_examples)
+      warmup, boundaries = scale_schedule(steps, length, warmup, boundaries)
     else:
       resize, crop = KERAS_IO_RESOLUTION
-      steps = int(KERAS_IO_SCHEDULE_LENGTH * REFERENCE_BATCH / flag_values.train_batch_size)
-      warmup, boundaries, mixup = 0, KERAS_IO_BOUNDARIES, 0.0
     if flag_values.lr_boundaries is not None:
       try:
         boundaries = [int(b) for b in flag_values.lr_boundaries]
@@ -89,6 +123,7 @@ class BigTransfer(finetune.TransferModel):
     return dict(
         variant=flag_values.bit_model,
         num_classes=source.num_classes,
+        class_names=source.class_names,  # predictions name their class (None: ids only)
         resize_size=finetune.pick(flag_values.resize_size, resize),
         image_size=finetune.pick(flag_values.image_size, crop),
         weights=flag_values.weights or None,
@@ -98,12 +133,24 @@ class BigTransfer(finetune.TransferModel):
             BASE_LR * flag_values.train_batch_size / float(REFERENCE_BATCH)),
         warmup_steps=finetune.pick(flag_values.warmup_steps, warmup),
         lr_boundaries=list(boundaries),
-        train_steps=flag_values.train_steps or steps,
+        train_steps=steps,
         momentum=flag_values.momentum,
         grad_clip_norm=finetune.pick(flag_values.grad_clip_norm, 0.0),
         mixup_alpha=finetune.pick(flag_values.mixup_alpha, mixup),
         train_split=train_split,
         eval_split=eval_split)
+
+  def params(self, flag_values):
+    recipe = self.recipe(flag_values)
+    length, warmup, boundaries, _ = self.reference_schedule(flag_values)
+    logging.info(
+        "BiT schedule: %d steps, linear warm-up over %d, lr %g / 10 after steps %s (%s)",
+        recipe["train_steps"], recipe["warmup_steps"], recipe["learning_rate"],
+        ", ".join(str(b) for b in recipe["lr_boundaries"]) or "none",
+        "BiT-HyperRule: %d steps, warm-up %d, boundaries %s, both scaled to the run's "
+        "length unless given" % (length, warmup, "/".join(str(b) for b in boundaries))
+        if flag_values.hyperrule else "keras-io's boundaries, whatever the length")
+    return recipe
 
   def preprocessing(self, recipe):
     resize, crop = recipe["resize_size"], recipe["image_size"]

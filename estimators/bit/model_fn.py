@@ -1,5 +1,8 @@
 """BiT fine-tuning model_fn: ResNet-v2 (GN + WS), BiT-HyperRule schedule, shared head."""
+import tensorflow.compat.v1 as tf
+
 from estimators import finetune
+from estimators import predictions as predictions_lib
 from estimators import schedules
 from estimators.bit import network
 from estimators.bit import weights
@@ -27,9 +30,13 @@ def network_config(params):
 def model_fn(features, labels, mode, params):
   """params: variant (or network_config), num_classes, weights, reset_head,
   learning_rate, warmup_steps, lr_boundaries, momentum, grad_clip_norm
-  (+ loss_scale, batch_size from the run loop)."""
+  (+ loss_scale, batch_size from the run loop); class_names (None: predictions without
+  class_name)."""
   config = network_config(params)
-  return finetune.fine_tuning_spec(
+  spec = finetune.fine_tuning_spec(
       features, labels, mode, params,
       lambda images, training: network.bit(images, config, params["num_classes"]),
       weights.scaffold, learning_rate)
+  if mode == tf.estimator.ModeKeys.PREDICT:
+    return predictions_lib.with_input_fields(spec, features, params.get("class_names"))
+  return spec

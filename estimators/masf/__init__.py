@@ -6,8 +6,9 @@ meta-train domains + one meta-test domain drawn at random each step), test on th
 network with plain cross-entropy on the pooled sources (the paper's baseline).
 
 Seed (Huawei ModelZoo) flags and how they map here:
-  --train_iterations    alias of the run loop's --train_steps (default 300, the port's value);
-                        giving both with different values is an error
+  --train_iterations    alias of the run loop's --train_steps (default 300, the port's value;
+                        the last one given wins); --train_epochs counts epochs of the three
+                        source domains' training images instead
   --meta_batch_size     images per domain per step; one step's batch is 3 x meta_batch_size, so
                         --train_batch_size follows it (setting it to anything else is an error)
   --dataroot            PACS root (kfold/ + splits/), read directly when --data_dir is empty;
@@ -22,7 +23,8 @@ Model selection: evaluation reports accuracy/<domain> for every domain it reads 
 their crossval lists, the target on its test list), source_crossval_accuracy, target_accuracy,
 and `accuracy`, the metric to select checkpoints on: the sources' crossval accuracy by
 default. --select_on_target_accuracy restores the original protocol (best target accuracy),
-which tunes on the test domain and overstates generalisation.
+which tunes on the test domain and overstates generalisation. The figure a run is judged
+by (its headline, as the seed and the paper report it) is target_accuracy.
 """
 from absl import flags as absl_flags
 import tensorflow.compat.v1 as tf
@@ -78,18 +80,12 @@ def format_domain_table(accuracies, reference=None, title="PACS accuracy (%)"):
   return "\n".join(lines)
 
 
-def _explicitly_set(flag_values, name):
-  try:
-    return bool(flag_values[name].present)
-  except (KeyError, TypeError, AttributeError):
-    return False
-
-
 @registry.register("masf")
 class Masf(registry.Model):
   """MASF / DeepAll on PACS (see the module docstring)."""
 
-  target_domain = None
+  headline_metric = ("target_accuracy", "accuracy on the held-out --target_domain's test "
+                     "list (what the seed and the paper report)")
 
   def define_flags(self, flag_values=None):
     fv = absl_flags.FLAGS if flag_values is None else flag_values
@@ -122,9 +118,6 @@ class Masf(registry.Model):
                            "Reference quirk: the meta Adam also updates model/metric/* (so it "
                            "gets two updates a step). False: only the metric Adam does.",
                            **define)
-    absl_flags.DEFINE_integer("train_iterations", None,
-                              "Seed name of --train_steps (default %d)."
-                              % REFERENCE_TRAIN_ITERATIONS, **define)
     absl_flags.DEFINE_integer("num_classes", pacs.NUM_CLASSES, "Classes (PACS: 7).", **define)
     absl_flags.DEFINE_string("weights_path", "", "bvlc_alexnet.npy or its .npz conversion "
                              "(conv1..fc7); empty: train from scratch.", **define)
@@ -148,14 +141,23 @@ class Masf(registry.Model):
                         ("eval_batch_size", DEFAULT_EVAL_BATCH_SIZE)):
       if name in fv:
         fv.set_default(name, value)
+    if "train_steps" in fv and "train_iterations" not in fv:
+      absl_flags.DEFINE_alias("train_iterations", "train_steps", flag_values=fv)
 
-  def summarize(self, results):
-    """Per-domain accuracy: the target on its test list, the sources on their crossval lists."""
+  def summarize(self, results, flags):
+    """Target and source accuracy, each named, then the per-domain table: the target on its
+    test list, the sources on their crossval lists."""
     accuracies = domain_accuracies(results)
     if not accuracies:
       return None
-    target = self.target_domain
-    lines = ["PACS accuracy at global step %d" % results["global_step"],
+    target = flags.target_domain
+    selected = "target" if flags.select_on_target_accuracy else "source crossval"
+    lines = ["MASF at global step %d: target accuracy %.2f%% (held-out %s, its test list: "
+             "the seed's and the paper's figure); source crossval accuracy %.2f%% (%s); "
+             "checkpoints are selected on the %s accuracy (`accuracy`)" % (
+                 results["global_step"], 100 * results["target_accuracy"], target,
+                 100 * results["source_crossval_accuracy"],
+                 ", ".join(source_domains(target)), selected),
              "| domain | role | images | accuracy (%) |", "|---|---|---|---|"]
     for domain in pacs.DOMAINS:
       if domain in accuracies:
@@ -168,20 +170,11 @@ class Masf(registry.Model):
     if flags.meta_batch_size < 3:
       raise ValueError("--meta_batch_size=%d: need at least 3 (the triplet group takes "
                        "meta_batch_size//3 images of each domain)" % flags.meta_batch_size)
-    episode = 3 * flags.meta_batch_size
-    if flags.train_batch_size != episode:
-      if _explicitly_set(flags, "train_batch_size"):
-        raise ValueError("--train_batch_size=%d: MASF's batch is 3 x --meta_batch_size = %d; "
-                         "set --meta_batch_size only" % (flags.train_batch_size, episode))
-      flags.train_batch_size = episode
-    if (flags.train_iterations is not None and _explicitly_set(flags, "train_steps") and
-        flags.train_steps != flags.train_iterations):
-      raise ValueError("--train_iterations=%d and --train_steps=%d disagree; give one"
-                       % (flags.train_iterations, flags.train_steps))
-    if flags.train_iterations is not None:
-      if flags.train_iterations < 0:
-        raise ValueError("--train_iterations=%d must be >= 0" % flags.train_iterations)
-      flags.train_steps = flags.train_iterations
+    episode = self.train_batch_size(flags)
+    if (registry.flag_given(flags, "train_batch_size") and
+        flags.train_batch_size != episode):
+      raise ValueError("--train_batch_size=%d: MASF's batch is 3 x --meta_batch_size = %d; "
+                       "set --meta_batch_size only" % (flags.train_batch_size, episode))
     for name in ("inner_lr", "outer_lr", "metric_lr", "gradients_clip_value"):
       if not getattr(flags, name) > 0:
         raise ValueError("--%s=%r must be > 0" % (name, getattr(flags, name)))
@@ -221,7 +214,6 @@ class Masf(registry.Model):
       weights_lib.check(flags.weights_path, flags.image_size, flags.fc_units)
 
   def params(self, flags):
-    self.target_domain = flags.target_domain
     return {
         "algorithm": flags.algorithm,
         "target_domain": flags.target_domain,
@@ -291,8 +283,8 @@ class Masf(registry.Model):
       return eval_input_fn
 
     def predict_input_fn(params):
-      return pacs.eval_dataset(source, [(flags.target_domain, "test")], flags.image_size,
-                               params["batch_size"], with_labels=False, pad=False)
+      return pacs.predict_dataset(source, [(flags.target_domain, "test")], flags.image_size,
+                                  params["batch_size"])
     return predict_input_fn
 
   def domain_eval_input_fn(self, flags, domain, split="test"):
@@ -304,10 +296,14 @@ class Masf(registry.Model):
       return pacs.eval_dataset(source, [(domain, split)], flags.image_size, params["batch_size"])
     return input_fn
 
-  def train_steps(self, flags):
-    if flags.train_iterations is not None:
-      return flags.train_iterations
-    return flags.train_steps
+  def train_batch_size(self, flags):
+    """One episode: meta_batch_size images of each of the three source domains."""
+    return 3 * flags.meta_batch_size
+
+  def train_examples(self, flags):
+    """The source domains' training images (the builder's summary counts with --data_dir)."""
+    source = self._source(flags)
+    return sum(source.count(d, "train") for d in source_domains(flags.target_domain))
 
   def serving_input_receiver_fn(self, flags):
     size = flags.image_size

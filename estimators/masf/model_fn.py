@@ -36,6 +36,7 @@ Differences from the reference, all deliberate:
 """
 import tensorflow.compat.v1 as tf
 
+from estimators import predictions as predictions_lib
 from estimators.masf import network
 from estimators.masf import weights as weights_lib
 from input_fns import pacs
@@ -243,8 +244,9 @@ def model_fn(features, labels, mode, params):
 
   if mode == tf.estimator.ModeKeys.PREDICT:
     _, logits = network.forward(images, weights, training=False)
-    predictions = {"classes": tf.argmax(logits, 1, output_type=tf.int32),
-                   "probabilities": tf.nn.softmax(logits)}
+    predictions = predictions_lib.add_input_fields(
+        {"classes": tf.argmax(logits, 1, output_type=tf.int32),
+         "probabilities": tf.nn.softmax(logits)}, features, pacs.CLASS_NAMES)
     return tf.estimator.EstimatorSpec(
         mode, predictions=predictions,
         export_outputs={"classify": tf.estimator.export.PredictOutput(predictions)})

@@ -35,8 +35,10 @@ Metrics (upstream's TensorBoard summaries, made streaming over the whole evaluat
 import tensorflow.compat.v1 as tf
 
 from estimators import layers
+from estimators import predictions as predictions_lib
 from estimators import schedules
 from estimators.protoattend import network
+from input_fns import fashion_mnist
 from migration import optimizers
 
 CONFIDENCE_THRESHOLDS = (0.5, 0.8, 0.9, 0.95, 0.99, 0.999)
@@ -235,10 +237,10 @@ def _predictions(outputs, features, params):
       "prototype_weights": top_weights,
       "prototype_labels": tf.gather(features["cand_label"], top_index),
   }
-  for key in ("id", "is_ood", "weight"):
-    if key in features:
-      predictions[key] = features[key]
-  return predictions
+  if "is_ood" in features:
+    predictions["is_ood"] = features["is_ood"]
+  return predictions_lib.add_input_fields(predictions, features, fashion_mnist.CLASS_NAMES,
+                                          classes_key="class")
 
 
 def model_fn(features, labels, mode, params):

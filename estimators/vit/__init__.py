@@ -58,6 +58,13 @@ class VisionTransformer(finetune.TransferModel):
                          "without a file); 0: no pre_logits layer (dropped if the file "
                          "has one).")
 
+  def splits(self, flag_values):
+    preset = PRESETS[flag_values.dataset]
+    return preset["train_split"], preset["eval_split"]
+
+  def default_train_steps(self, flag_values):
+    return PRESETS[flag_values.dataset]["train_steps"]
+
   def recipe(self, flag_values):
     """All hyperparameters, flags applied over the recipe defaults."""
     preset = PRESETS[flag_values.dataset]
@@ -69,6 +76,7 @@ class VisionTransformer(finetune.TransferModel):
     return dict(
         variant=flag_values.vit_model,
         num_classes=source.num_classes,
+        class_names=source.class_names,  # predictions name their class (None: ids only)
         image_size=finetune.pick(flag_values.image_size, IMAGE_SIZE),
         dropout_rate=finetune.pick(flag_values.vit_dropout, variant.dropout_rate),
         attention_dropout_rate=finetune.pick(flag_values.vit_attention_dropout, 0.0),
@@ -77,7 +85,7 @@ class VisionTransformer(finetune.TransferModel):
         reset_head=flag_values.reset_head,
         learning_rate=finetune.pick(flag_values.learning_rate, BASE_LR),
         warmup_steps=finetune.pick(flag_values.warmup_steps, preset["warmup_steps"]),
-        train_steps=flag_values.train_steps or preset["train_steps"],
+        train_steps=self.train_steps(flag_values),
         momentum=flag_values.momentum,
         grad_clip_norm=finetune.pick(flag_values.grad_clip_norm, GRAD_CLIP_NORM),
         mixup_alpha=finetune.pick(flag_values.mixup_alpha, 0.0),

@@ -2,6 +2,7 @@
 import tensorflow.compat.v1 as tf
 
 from estimators import finetune
+from estimators import predictions as predictions_lib
 from estimators import schedules
 from estimators.vit import network
 from estimators.vit import weights
@@ -36,9 +37,13 @@ def network_config(params):
 def model_fn(features, labels, mode, params):
   """params: variant (or network_config), num_classes, dropout_rate,
   attention_dropout_rate, representation_size, weights, reset_head, learning_rate,
-  warmup_steps, train_steps, momentum, grad_clip_norm (+ loss_scale, batch_size)."""
+  warmup_steps, train_steps, momentum, grad_clip_norm (+ loss_scale, batch_size);
+  class_names (None: predictions without class_name)."""
   config = network_config(params)
-  return finetune.fine_tuning_spec(
+  spec = finetune.fine_tuning_spec(
       features, labels, mode, params,
       lambda images, training: network.vit(images, config, params["num_classes"], training),
       weights.scaffold, learning_rate)
+  if mode == tf.estimator.ModeKeys.PREDICT:
+    return predictions_lib.with_input_fields(spec, features, params.get("class_names"))
+  return spec
