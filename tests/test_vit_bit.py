@@ -902,7 +902,9 @@ def test_bit_hyperrule_warmup_and_boundaries_scale_with_the_steps(flowers_tfds, 
       (["--train_steps=1000", "--warmup_steps=10", "--lr_boundaries=100,200"],
        (1000, 10, [100, 200])),
       (["--train_steps=1000", "--nohyperrule"], (1000, 0, [200, 300, 400]))):
-    model, flag_values = parse("bit", "--data_dir=" + flowers_tfds, *argv)
+    # The batch is explicit: models run earlier in this process changed the global default.
+    model, flag_values = parse("bit", "--data_dir=" + flowers_tfds, "--train_batch_size=64",
+                               *argv)
     caplog.set_level(logging.INFO, logger="absl")  # after parsing: --verbosity resets it
     model.validate_flags(flag_values)
     params = model.params(flag_values)
