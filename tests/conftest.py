@@ -107,3 +107,13 @@ def scalar_summary_tags(graph):
   import tensorflow.compat.v1 as tf  # pylint: disable=g-import-not-at-top
   return {tf.compat.as_str(tf.get_static_value(op.inputs[0]).item())
           for op in graph.get_operations() if op.type == "ScalarSummary"}
+
+
+@pytest.fixture(scope="session")
+def digits_dir(tmp_path_factory):
+  """scikit-learn's handwritten digits (real scans) as ImageNet-format tfrecords at 32 px:
+  10 classes, labels 1..10, with labels.txt and the manifest (tools/make_digits_dataset.py)."""
+  from tools import make_digits_dataset  # pylint: disable=g-import-not-at-top
+  out = str(tmp_path_factory.mktemp("digits"))
+  make_digits_dataset.make_digits_dataset(out, image_size=32)
+  return out

@@ -7,7 +7,6 @@ listed in no manifest. A cut at a boundary is caught by the byte size where the 
 records it, and by the record count where it does not (older PACS summaries, TFDS
 dataset_info.json, Fashion-MNIST's manifest).
 """
-import collections
 import gzip
 import json
 import os
@@ -18,7 +17,6 @@ import sys
 import types
 
 import numpy as np
-from PIL import Image
 import pytest
 import tensorflow.compat.v1 as tf
 
@@ -378,29 +376,11 @@ def test_converted_cifar_is_checked_against_its_shard_lengths(tmp_path):
 # ---- PACS (MASF) -----------------------------------------------------------------------
 
 
-def make_pacs(root, per_class=2):
-  """A tiny PACS release: kfold/<domain>/<class>/<file> and the three lists per domain."""
-  for domain in pacs.DOMAINS:
-    lines = collections.defaultdict(list)
-    for label, name in enumerate(pacs.CLASS_NAMES, 1):
-      for i in range(per_class):
-        relpath = "%s/%s/%d.jpg" % (domain, name, i)
-        os.makedirs(os.path.dirname(pacs.image_path(root, relpath)), exist_ok=True)
-        Image.fromarray(np.full((8, 8, 3), 10 * label + i, np.uint8)).save(
-            pacs.image_path(root, relpath))
-        line = "%s %d\n" % (relpath, label)
-        lines["test"].append(line)
-        lines["crossval" if i == per_class - 1 else "train"].append(line)
-    os.makedirs(os.path.join(root, "splits"), exist_ok=True)
-    for split, split_lines in lines.items():
-      with open(pacs.split_list_path(root, domain, split), "w") as f:
-        f.writelines(split_lines)
-  return root
-
-
 @pytest.fixture(scope="module")
 def pacs_release(tmp_path_factory):
-  return make_pacs(str(tmp_path_factory.mktemp("pacs")))
+  """A tiny PACS release: 2 train, 1 crossval and 3 test images per class and domain."""
+  from tests import test_masf  # pylint: disable=g-import-not-at-top
+  return test_masf._make_mini_pacs(str(tmp_path_factory.mktemp("pacs")))  # pylint: disable=protected-access
 
 
 @pytest.fixture
@@ -413,15 +393,15 @@ def pacs_records(pacs_release, tmp_path):
 def test_pacs_summary_records_each_files_count_and_size(pacs_records):
   summary = _load_json(os.path.join(pacs_records, pacs.SUMMARY_FILE))
   path = pacs.tfrecord_path(pacs_records, "photo", "train")
-  assert summary["counts"]["photo_train"] == len(_records(path)) == 7
+  assert summary["counts"]["photo_train"] == len(_records(path)) == 14
   assert summary["bytes"]["photo_train"] == os.path.getsize(path)
-  assert pacs.PacsSource(data_dir=pacs_records).count("photo", "train") == 7
+  assert pacs.PacsSource(data_dir=pacs_records).count("photo", "train") == 14
 
 
 def test_pacs_tfrecord_cut_at_a_record_boundary_fails_on_its_size(pacs_records):
   path = pacs.tfrecord_path(pacs_records, "photo", "train")
   cut_at_record(path, 4)
-  with pytest.raises(ValueError, match="^%s holds %d bytes, %s says .* bytes and 7 records "
+  with pytest.raises(ValueError, match="^%s holds %d bytes, %s says .* bytes and 14 records "
                      % (path, os.path.getsize(path),
                         os.path.join(pacs_records, pacs.SUMMARY_FILE))):
     pacs.PacsSource(data_dir=pacs_records).count("photo", "train")
@@ -438,19 +418,19 @@ def test_pacs_summary_without_sizes_is_checked_by_counting(pacs_records):
   source = pacs.PacsSource(data_dir=pacs_records)
   with pytest.raises(ValueError) as error:
     source.count("photo", "train")
-  assert str(error.value) == ("%s holds 4 records, %s says 7 (file truncated or replaced?)"
+  assert str(error.value) == ("%s holds 4 records, %s says 14 (file truncated or replaced?)"
                               % (path, summary_path))
   cut_mid_record(path)
   with pytest.raises(ValueError, match="corrupt tfrecord file %s: reading record 3" % path):
     source.count("photo", "train")
-  assert source.count("cartoon", "train") == 7
+  assert source.count("cartoon", "train") == 14
 
 
 def test_pacs_tfrecord_missing_or_not_in_the_summary(pacs_records):
   summary_path = os.path.join(pacs_records, pacs.SUMMARY_FILE)
   path = pacs.tfrecord_path(pacs_records, "sketch", "test")
   os.remove(path)
-  with pytest.raises(ValueError, match="^%s is missing: %s lists it with 14 records$"
+  with pytest.raises(ValueError, match="^%s is missing: %s lists it with 21 records$"
                      % (path, summary_path)):
     pacs.PacsSource(data_dir=pacs_records).count("sketch", "test")
   summary = _load_json(summary_path)
@@ -467,7 +447,7 @@ def test_masf_entry_point_names_the_cut_tfrecord_before_training(pacs_records, t
   code, stderr = run_script([
       "masf.py", "--data_dir=" + pacs_records, "--model_dir=" + model_dir,
       "--target_domain=cartoon", "--meta_batch_size=3", "--image_size=64", "--fc_units=32"])
-  assert_one_line_error(code, stderr, path, pacs.SUMMARY_FILE, "7 records")
+  assert_one_line_error(code, stderr, path, pacs.SUMMARY_FILE, "14 records")
   assert_no_graph_built(model_dir)
 
 

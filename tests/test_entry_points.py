@@ -5,8 +5,6 @@ import shutil
 import subprocess
 import sys
 
-import pytest
-
 from tests import conftest
 
 TINY_AMOEBA = ["--num_cells=3", "--reduction_size=8", "--stem_reduction_size=8",
@@ -19,15 +17,6 @@ def run(cmd, env=None, timeout=600):
   proc = subprocess.run(cmd, cwd=conftest.REPO, env=dict(os.environ, **(env or {})),
                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=timeout)
   return proc.returncode, proc.stdout.decode("utf-8", "replace")
-
-
-@pytest.fixture(scope="module")
-def digits_dir(tmp_path_factory):
-  out = str(tmp_path_factory.mktemp("digits"))
-  code, log = run([sys.executable, "tools/make_digits_dataset.py", "--output_dir=" + out,
-                   "--image_size=32"])
-  assert code == 0, log
-  return out
 
 
 def test_amoeba_net_eval_only_prints_top1_top5_in_new_process(digits_dir, tmp_path):

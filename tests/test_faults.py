@@ -27,23 +27,15 @@ KILLS_PER_MODEL = 1  # per model, per CI run; the seeded moments differ per mode
 SEED = 20261201
 
 
-def _digits(tmp_path_factory):
-  from tools import make_digits_dataset  # pylint: disable=g-import-not-at-top
-  data_dir = str(tmp_path_factory.mktemp("digits"))
-  make_digits_dataset.make_digits_dataset(data_dir, image_size=32)
-  return data_dir
-
-
 @pytest.fixture(scope="module")
-def model_args(tmp_path_factory):
+def model_args(tmp_path_factory, digits_dir):
   """{model: entry script and flags of a small run on real data}."""
   data = conftest.data_root()
   if not os.path.isdir(data):
     pytest.skip("real data not found at %s (set DATA_ROOT)" % data)
-  digits = _digits(tmp_path_factory)
   tfrecords = str(tmp_path_factory.mktemp("fashion_mnist_tfrecords"))
   return {
-      "amoeba_net": ["amoeba_net.py", "--data_dir=" + digits, "--num_cells=3",
+      "amoeba_net": ["amoeba_net.py", "--data_dir=" + digits_dir, "--num_cells=3",
                      "--reduction_size=8", "--stem_reduction_size=8", "--image_size=32",
                      "--num_label_classes=11", "--num_train_images=1438",
                      "--num_eval_images=359", "--train_batch_size=16",
@@ -54,10 +46,10 @@ def model_args(tmp_path_factory):
                       "--train_batch_size=32", "--ood_eval=false"],
       "masf": ["masf.py", "--dataroot=" + os.path.join(data, "pacs"), "--image_size=64",
                "--fc_units=32", "--meta_batch_size=6", "--cache_decoded_images=false"],
-      "vit": ["vit.py", "--dataset=image_folder", "--data_dir=" + digits,
+      "vit": ["vit.py", "--dataset=image_folder", "--data_dir=" + digits_dir,
               "--vit_model=Ti/16", "--image_size=32", "--warmup_steps=0",
               "--train_batch_size=4"],
-      "bit": ["bit.py", "--dataset=image_folder", "--data_dir=" + digits,
+      "bit": ["bit.py", "--dataset=image_folder", "--data_dir=" + digits_dir,
               "--hyperrule=false", "--image_size=32", "--resize_size=36",
               "--warmup_steps=0", "--train_batch_size=4"],
   }

@@ -105,7 +105,7 @@ def test_perf_then_full_from_another_folder_keeps_both_runs(fake_python, tmp_pat
                      fake_python)
   assert code == 0, log
   assert (out / "ckpt" / "model.ckpt-6.index").exists()
-  assert value_of(log, "Final Train Accuracy") == "0.75"
+  assert value_of(log, "Final Train Accuracy") == "0.7500"
   assert value_of(log, "Accuracy meaning") == "top-1 accuracy on the validation split"
 
   runs = summaries(out)

@@ -32,7 +32,6 @@ from tests import conftest
 from tests.test_masf import _make_mini_pacs
 from tests.test_protoattend import _write_split
 from tools import build_tfds_flowers
-from tools import make_digits_dataset
 
 FLOWERS = "flowers_kaggle_128"
 PHOTOS_PER_CLASS = 8
@@ -83,13 +82,6 @@ def record_names(files, key):
 
 
 @pytest.fixture(scope="module")
-def digits(tmp_path_factory):
-  out = str(tmp_path_factory.mktemp("digits"))
-  make_digits_dataset.make_digits_dataset(out, image_size=32)
-  return out
-
-
-@pytest.fixture(scope="module")
 def photos(tmp_path_factory):
   """The first PHOTOS_PER_CLASS real photos of each class, copied."""
   source = os.path.join(conftest.data_root(), FLOWERS)
@@ -106,11 +98,11 @@ def photos(tmp_path_factory):
 # ------------------------------------------------------------------------------------------
 # Every model end to end.
 
-def test_amoeba_net_predicts_every_validation_image_by_file_name(digits, tmp_path):
-  rows = train_then_predict(["amoeba_net.py", "--data_dir=" + digits] + TINY_AMOEBA,
+def test_amoeba_net_predicts_every_validation_image_by_file_name(digits_dir, tmp_path):
+  rows = train_then_predict(["amoeba_net.py", "--data_dir=" + digits_dir] + TINY_AMOEBA,
                             tmp_path, batch_size=40)
   # 359 = 8 batches of 40 + 39: the last, partial batch is predicted too.
-  names = record_names(imagenet.list_shards(digits, False), "image/filename")
+  names = record_names(imagenet.list_shards(digits_dir, False), "image/filename")
   assert len(rows) == len(names) == DIGITS_VALIDATION
   assert sorted(row["id"] for row in rows) == sorted(names)
   # labels.txt names labels 1..10 ("0".."9"); class 0 is ImageNet's unnamed background.
@@ -118,12 +110,12 @@ def test_amoeba_net_predicts_every_validation_image_by_file_name(digits, tmp_pat
              for row in rows)
 
 
-def test_vit_predicts_an_image_folder_by_file_name(digits, tmp_path):
+def test_vit_predicts_an_image_folder_by_file_name(digits_dir, tmp_path):
   rows = train_then_predict(
-      ["vit.py", "--dataset=image_folder", "--data_dir=" + digits, "--vit_model=Ti/16",
+      ["vit.py", "--dataset=image_folder", "--data_dir=" + digits_dir, "--vit_model=Ti/16",
        "--image_size=32", "--warmup_steps=0", "--train_batch_size=4"], tmp_path,
       batch_size=64)
-  names = record_names(imagenet.list_shards(digits, False), "image/filename")
+  names = record_names(imagenet.list_shards(digits_dir, False), "image/filename")
   assert sorted(row["id"] for row in rows) == sorted(names)
   assert all(row["class_name"] == str(row["classes"]) for row in rows)
 
@@ -165,13 +157,18 @@ def test_masf_predicts_the_target_test_list_by_relative_path(tmp_path):
   assert all(row["class_name"] == pacs.CLASS_NAMES[row["classes"]] for row in rows)
 
 
-def test_protoattend_predicts_each_test_image_once(tmp_path):
+def synthetic_fashion_mnist_records(tmp_path, include_ood):
+  """Synthetic IDX files (SYNTHETIC_TRAIN/TEST images) built into ProtoAttend's records."""
   idx_dir = str(tmp_path / "idx")
   os.mkdir(idx_dir)
   _write_split(idx_dir, "train", SYNTHETIC_TRAIN, SYNTHETIC_TRAIN)
   _write_split(idx_dir, "test", SYNTHETIC_TEST, SYNTHETIC_TEST)
-  records = fashion_mnist.build_tfrecords(idx_dir, str(tmp_path / "records"),
-                                          include_ood=False, expected_counts=None)
+  return fashion_mnist.build_tfrecords(idx_dir, str(tmp_path / "records"),
+                                       include_ood=include_ood, expected_counts=None)
+
+
+def test_protoattend_predicts_each_test_image_once(tmp_path):
+  records = synthetic_fashion_mnist_records(tmp_path, include_ood=False)
   rows = train_then_predict(
       ["protoattend.py", "--data_dir=" + records, "--resnet_depth=8", "--final_units=32",
        "--val_dim=16", "--example_cand_size=64", "--eval_cand_size=64",
@@ -248,12 +245,7 @@ def test_imagenet_class_name_table_from_labels_txt(tmp_path):
 
 
 def test_fashion_mnist_predict_input_has_one_row_per_example(tmp_path):
-  idx_dir = str(tmp_path / "idx")
-  os.mkdir(idx_dir)
-  _write_split(idx_dir, "train", SYNTHETIC_TRAIN, SYNTHETIC_TRAIN)
-  _write_split(idx_dir, "test", SYNTHETIC_TEST, SYNTHETIC_TEST)
-  records = fashion_mnist.build_tfrecords(idx_dir, str(tmp_path / "records"),
-                                          expected_counts=None)
+  records = synthetic_fashion_mnist_records(tmp_path, include_ood=True)
   batches = read_all(fashion_mnist.make_input_fn(
       records, tf.estimator.ModeKeys.PREDICT, 32, 64, 7), 500)
   total = SYNTHETIC_TEST + fashion_mnist.OOD_SIZE

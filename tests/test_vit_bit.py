@@ -977,15 +977,6 @@ def test_weights_that_do_not_fit_fail_before_the_graph(flowers_tfds, tmp_path):
 # ----------------------------------------------------------------------------------------
 # Weights files are checked whole (dtype, shape, values) before the run builds its graph.
 
-@pytest.fixture(scope="module")
-def digits_dir(tmp_path_factory):
-  """A 10-class image folder (sklearn's digits at 32 px) for the run's data checks."""
-  from tools import make_digits_dataset  # pylint: disable=g-import-not-at-top
-  data_dir = str(tmp_path_factory.mktemp("digits"))
-  make_digits_dataset.make_digits_dataset(data_dir, image_size=32)
-  return data_dir
-
-
 def tiny_arrays(model_name):
   if model_name == "vit":
     return vit_npz_arrays(TINY_VIT, 32, DIGITS_CLASSES)

@@ -78,7 +78,9 @@ def report_lines(summary):
   if summary["run_kind"] == "performance":
     lines.append("Final Train Accuracy : not evaluated in a performance run")
   else:
-    lines.append("Final Train Accuracy : %s" % summary["accuracy"])
+    accuracy = summary["accuracy"]
+    lines.append("Final Train Accuracy : %s" % (
+        "%.4f" % accuracy if isinstance(accuracy, float) else accuracy))
     lines.append("Accuracy meaning : %s" % summary["accuracy_meaning"])
   lines.append("E2E Training Duration sec : %d" % summary["duration_sec"])
   return lines
