@@ -120,14 +120,14 @@ is_true --profiling "$profiling" && run_profiling=true
 [ -n "$data_path" ] || die "--data_path=DIR is required (see -h)"
 data_path="$(realpath -m -- "$data_path")"
 [ -e "$data_path" ] || die "--data_path=$data_path does not exist"
-if [ -n "$fusion_switch_file" ]; then
-  fusion_switch_file="$(realpath -m -- "$fusion_switch_file")"
-  [ -f "$fusion_switch_file" ] || die "--fusion_switch_file=$fusion_switch_file is not a file"
-fi
-if [ -n "$mixlist_file" ]; then
-  mixlist_file="$(realpath -m -- "$mixlist_file")"
-  [ -f "$mixlist_file" ] || die "--mixlist_file=$mixlist_file is not a file"
-fi
+absolute_file() {  # absolute_file FLAG PATH: PATH made absolute; it must be a file
+  local path
+  path="$(realpath -m -- "$2")"
+  [ -f "$path" ] || die "$1=$path is not a file"
+  echo "$path"
+}
+[ -z "$fusion_switch_file" ] || fusion_switch_file="$(absolute_file --fusion_switch_file "$fusion_switch_file")"
+[ -z "$mixlist_file" ] || mixlist_file="$(absolute_file --mixlist_file "$mixlist_file")"
 
 export RANK_SIZE=1 RANK_ID=0 JOB_ID=10087
 export ASCEND_DEVICE_ID="${ASCEND_DEVICE_ID:-0}"
