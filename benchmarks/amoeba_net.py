@@ -1,40 +1,18 @@
 """AmoebaNet-D speed: training and evaluation images/sec, graph build, peak RSS, parameters,
 and the Inception input pipeline on real JPEGs.
 
-Model configurations (synthetic images, so the model is measured, not the input), each in
-fp32 and with --precision_mode=allow_mix_precision (suffix `_mixed`):
-  full   num_cells=6, reduction_size=256, 224 px, 1001 classes, batch --batch_size_full
-  small  num_cells=3, reduction_size=32, 64 px, 1001 classes, no aux head (64 px is too
-         small for it), batch --batch_size_small
-Each configuration runs in its own process (so its peak RSS is its own) through the real
-run loop: `run_loop.parse_flags` + `run_loop.Runner` build the RunConfig (with the
-precision rewrite) and the Estimator users get; `estimator.train(max_steps=...)` (a
-StopAtStepHook) and `estimator.evaluate(steps=...)` run --warmup_steps + --steps steps,
-and a hook times each step. Images/sec count only the steps after the warm-up, so graph
-build, session creation, checkpoint saving/restoring and the first runs (grappler,
-executor creation; the Estimator's summary step runs a second executor) are excluded.
-`graph_build_seconds` is the model_fn call of the train graph; `setup_seconds` is
-everything from the train call to the first step. `compute_dtype` is the run loop's
-params["compute_dtype"]; `observed_compute_dtype` comes from the graphs the session
-actually ran (bf16/fp16 node counts after grappler, at the last warm-up step).
+Configurations (synthetic images; `_mixed`: --precision_mode=allow_mix_precision): full (N6
+F256, 224 px) and small (N3 F32, 64 px, no aux head). Each runs in its own process on the
+Runner users get (run_loop.prepare): --warmup_steps + --steps training then evaluation steps
+under common.StepTimer (images/sec leave the warm-up out). The input pipeline: the
+AmoebaNet input_fn alone (224 px) over tfrecords built from <data root>/flowers_kaggle_128
+into a temporary folder (kept with the children's logs when one fails) unless --data_dir.
 
-Input pipeline: the AmoebaNet input_fn (Inception preprocessing, 224 px) over ImageNet-
-format tfrecords of the real 128-px flower JPEGs ($DATA_ROOT/flowers_kaggle_128), built
-with tools/build_image_tfrecords.py into a temporary folder unless --data_dir names
-tfrecords built before. Measured with input_fns.throughput.measure_throughput (no model;
-warm-up batches excluded). The validation split is repeated so that --input_batches
-batches can be timed.
-
-Usage (the JSON object is the last line of stdout; logs go to stderr):
-  python benchmarks/amoeba_net.py --output=amoeba_speed.json
-  python tools/build_image_tfrecords.py --input_dir=$DATA_ROOT/flowers_kaggle_128 \
-      --output_dir=/tmp/flowers_tfrecords   # once; then reuse it:
-  python benchmarks/amoeba_net.py --data_dir=/tmp/flowers_tfrecords --output=amoeba_speed.json
+  python benchmarks/amoeba_net.py --output=amoeba_speed.json   # JSON: stdout's last line
   python benchmarks/amoeba_net.py --configs=small --steps=2 --warmup_steps=2 \
       --input_batches=3   # a quick check
 """
 import argparse
-import json
 import os
 import shutil
 import subprocess
@@ -45,11 +23,16 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+from absl import logging  # pylint: disable=g-import-not-at-top
+
 from benchmarks import common  # pylint: disable=g-import-not-at-top
+from estimators import registry  # pylint: disable=g-import-not-at-top
+from estimators import run_loop  # pylint: disable=g-import-not-at-top
+from input_fns import data_root  # pylint: disable=g-import-not-at-top
+from input_fns import throughput  # pylint: disable=g-import-not-at-top
 
 MODEL_NAME = "amoeba_net"
-MIXED_SUFFIX = "_mixed"
-MIXED_PRECISION_MODE = "allow_mix_precision"
+MIXED_SUFFIX, MIXED_PRECISION_MODE = "_mixed", "allow_mix_precision"
 # Model flags per configuration. At 64 px the N3 network leaves a 4x4 map for the aux
 # head's 5x5 pool, so the small configuration runs without it (as scripts/quickstart.sh).
 MODEL_CONFIGS = {
@@ -63,48 +46,34 @@ CONFIG_NAMES = ("small", "small" + MIXED_SUFFIX, "full", "full" + MIXED_SUFFIX)
 # count the run never reaches keeps the periodic save out of the timed steps.
 CHECKPOINT_ONLY_AT_ENDS = 10 ** 9
 INPUT_CHILD = "input_pipeline"
-INPUT_IMAGE_SIZE = 224
-INPUT_NUM_CLASSES = 1001
+INPUT_IMAGE_SIZE, INPUT_NUM_CLASSES = 224, 1001
 FLOWERS_FOLDER = "flowers_kaggle_128"
+OPTIONS = (  # (name, default, help, valid)
+    ("steps", 10, "timed training and evaluation steps per configuration", registry.POSITIVE),
+    ("warmup_steps", 3, "untimed steps before them (at least 2: the first training step "
+     "also writes summaries, so the second builds another executor)", registry.at_least(2)),
+    ("batch_size_full", 8, None, registry.POSITIVE),
+    ("batch_size_small", 32, None, registry.POSITIVE),
+    ("input_batches", 30, "timed input-pipeline batches per split; 0 skips the pipeline",
+     registry.NON_NEGATIVE),
+    ("input_warmup_batches", 5, None, registry.NON_NEGATIVE),
+    ("input_batch_size", 32, None, registry.POSITIVE))
 
 
 def parse_args(argv):
-  parser = argparse.ArgumentParser(
-      description=__doc__.split("\n")[0],
-      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-  parser.add_argument("--configs", default=",".join(CONFIG_NAMES),
-                      help="comma-separated model configurations from %s; empty for none"
-                      % ", ".join(CONFIG_NAMES))
-  parser.add_argument("--steps", type=int, default=10,
-                      help="timed training and evaluation steps per configuration")
-  parser.add_argument("--warmup_steps", type=int, default=3,
-                      help="untimed steps before them (at least 2: the first training "
-                      "step also writes summaries, so the second builds another executor)")
-  parser.add_argument("--batch_size_full", type=int, default=8)
-  parser.add_argument("--batch_size_small", type=int, default=32)
-  parser.add_argument("--device", default="auto", help="the run loop's --device")
-  parser.add_argument("--data_dir", default=None,
-                      help="ImageNet-format tfrecords for the input-pipeline figures "
-                      "(default: built from $DATA_ROOT/%s into a temporary folder)"
-                      % FLOWERS_FOLDER)
-  parser.add_argument("--input_batches", type=int, default=30,
-                      help="timed input-pipeline batches per split; 0 skips the pipeline")
-  parser.add_argument("--input_warmup_batches", type=int, default=5)
-  parser.add_argument("--input_batch_size", type=int, default=32)
-  parser.add_argument("--output", default=None, help="also write the JSON here")
-  parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
-  parser.add_argument("--child_output", default=None, help=argparse.SUPPRESS)
+  parser = common.options_parser(__doc__.split("\n")[0], OPTIONS,
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+  add = parser.add_argument
+  add("--configs", default=",".join(CONFIG_NAMES), help="comma-separated model "
+      "configurations from %s; empty for none" % ", ".join(CONFIG_NAMES))
+  add("--device", default="auto", help="the run loop's --device")
+  add("--data_dir", default=None, help="ImageNet-format tfrecords for the input-pipeline "
+      "figures (default: built from <data root>/%s into a temporary folder)" % FLOWERS_FOLDER)
+  add("--output", default=None, help="also write the JSON here")
+  add("--child", default=None, help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
-  args.config_list = [c.strip() for c in args.configs.split(",") if c.strip()]
-  unknown = [c for c in args.config_list if c not in CONFIG_NAMES]
-  if unknown:
-    parser.error("--configs: unknown %s; expected names from %s"
-                 % (", ".join(unknown), ", ".join(CONFIG_NAMES)))
-  for name, minimum in (("steps", 1), ("warmup_steps", 2), ("batch_size_full", 1),
-                        ("batch_size_small", 1), ("input_batches", 0),
-                        ("input_warmup_batches", 0), ("input_batch_size", 1)):
-    if getattr(args, name) < minimum:
-      parser.error("--%s=%d must be >= %d" % (name, getattr(args, name), minimum))
+  args.configs = common.name_list(parser, "configs", args.configs, CONFIG_NAMES, True)
+  common.check_options(parser, args, OPTIONS)
   if args.data_dir and not os.path.isdir(args.data_dir):
     parser.error("--data_dir=%s is not a directory" % args.data_dir)
   return args
@@ -119,136 +88,17 @@ def config_settings(name, args):
   return settings
 
 
-class TimedModel(object):
-  """The registered model, with each model_fn call timed per mode."""
-
-  def __init__(self, model):
-    self._model = model
-    self.model_fn_seconds = {}
-
-  def __getattr__(self, name):
-    return getattr(self._model, name)
-
-  def model_fn(self, features, labels, mode, params):
-    start = time.time()
-    spec = self._model.model_fn(features, labels, mode, params)
-    self.model_fn_seconds[mode] = round(time.time() - start, 3)
-    return spec
+def timed(call, batch_size, warmup_steps):
+  """call(hooks) under the step timer (dtype probed at the last warm-up step): its summary,
+  seconds and graph build (from the call to the hooks' begin)."""
+  timer, start = common.StepTimer(warmup_steps, probe_step=warmup_steps - 1), time.time()
+  call([timer])
+  return dict(timer.summary(batch_size, start), call_seconds=round(time.time() - start, 3),
+              graph_build_seconds=round(timer.begin_time - start, 3))
 
 
-def _parse_and_check(argv):
-  """run_loop.parse_flags plus the run loop's own validation; returns (model, flags)."""
-  from estimators import run_loop  # pylint: disable=g-import-not-at-top
-  from migration import validation  # pylint: disable=g-import-not-at-top
-  model, flag_values = run_loop.parse_flags(MODEL_NAME, argv)
-  if flag_values.model_dir:
-    run_loop.check_common_flags(flag_values)
-  model.validate_flags(flag_values)
-  validation.check_npu_options(run_loop.npu_options(flag_values))
-  return model, flag_values
-
-
-def measure_model(name, args):
-  """Trains and evaluates configuration `name` on synthetic images; returns its figures."""
-  import tensorflow.compat.v1 as tf  # pylint: disable=g-import-not-at-top
-  from estimators import run_loop  # pylint: disable=g-import-not-at-top
-  from input_fns import imagenet  # pylint: disable=g-import-not-at-top
-  from migration import backend as backend_lib  # pylint: disable=g-import-not-at-top
-
-  settings = config_settings(name, args)
-  batch_size = settings["batch_size"]
-  total_steps = args.warmup_steps + args.steps
-  model_dir = tempfile.mkdtemp(prefix="bench_amoeba_%s_" % name)
-  argv = ["--mode=train", "--model_dir=" + model_dir, "--use_synthetic_data",
-          "--device=" + args.device, "--train_batch_size=%d" % batch_size,
-          "--eval_batch_size=%d" % batch_size, "--train_steps=%d" % total_steps,
-          "--eval_steps=%d" % total_steps,
-          "--save_checkpoints_steps=%d" % CHECKPOINT_ONLY_AT_ENDS]
-  argv += ["--%s=%s" % (key, str(settings[key]).lower())
-           for key in sorted(MODEL_CONFIGS["full"])]
-  if settings["precision_mode"]:
-    argv.append("--precision_mode=" + settings["precision_mode"])
-  try:
-    model, flag_values = _parse_and_check(argv)
-    backend = backend_lib.activate(backend_lib.select_backend(flag_values.device))
-    timed_model = TimedModel(model)
-    runner = run_loop.Runner(timed_model, flag_values, backend)
-    params = runner.estimator.params
-
-    train_timer = common.step_timer_hook(args.warmup_steps, trace_step=args.warmup_steps - 1)
-    log_hook = run_loop.ExamplesPerSecondHook(batch_size, flag_values.log_step_count_steps,
-                                              model_dir)
-    train_start = time.time()
-    runner.estimator.train(model.input_fn(flag_values, tf.estimator.ModeKeys.TRAIN),
-                           max_steps=total_steps, hooks=[log_hook, train_timer])
-    train = train_timer.summary(batch_size, train_start)
-    train["call_seconds"] = round(time.time() - train_start, 3)
-    train["graph_build_seconds"] = timed_model.model_fn_seconds.get(
-        tf.estimator.ModeKeys.TRAIN)
-    peak_after_train = common.peak_rss_mb()
-
-    eval_input_fn = imagenet.build_input_fn(
-        None, False, settings["image_size"], num_label_classes=settings["num_label_classes"],
-        synthetic=True, synthetic_eval_batches=total_steps)
-    eval_timer = common.step_timer_hook(args.warmup_steps, trace_step=args.warmup_steps - 1)
-    eval_start = time.time()
-    runner.estimator.evaluate(eval_input_fn, steps=total_steps, hooks=[eval_timer])
-    evaluation = eval_timer.summary(batch_size, eval_start)
-    evaluation["call_seconds"] = round(time.time() - eval_start, 3)
-    evaluation["graph_build_seconds"] = timed_model.model_fn_seconds.get(
-        tf.estimator.ModeKeys.EVAL)
-  finally:
-    shutil.rmtree(model_dir, ignore_errors=True)
-  return {
-      "train_images_per_sec": train["images_per_sec"],
-      "eval_images_per_sec": evaluation["images_per_sec"],
-      "graph_build_seconds": train["graph_build_seconds"],
-      "peak_rss_mb": common.peak_rss_mb(),
-      "peak_rss_mb_after_train": peak_after_train,
-      "trainable_parameters": train_timer.trainable_parameters,
-      "trainable_parameters_eval_graph": eval_timer.trainable_parameters,
-      "precision_mode": settings["precision_mode"],
-      "compute_dtype": params["compute_dtype"],
-      "precision_fallback_to_fp32": bool(settings["precision_mode"]) and
-                                    params["compute_dtype"] == "float32",
-      "observed_compute_dtype": {"train": train.get("observed_compute_dtype"),
-                                 "eval": evaluation.get("observed_compute_dtype")},
-      "device": backend.device,
-      "settings": dict(settings, steps=args.steps, warmup_steps=args.warmup_steps,
-                       data="synthetic (one random batch, repeated)",
-                       model_flags=argv[1:]),
-      "train": train,
-      "eval": evaluation,
-  }
-
-
-def measure_input_pipeline(args):
-  """Inception preprocessing throughput of the AmoebaNet input_fn on real tfrecords."""
-  import tensorflow.compat.v1 as tf  # pylint: disable=g-import-not-at-top
-  from input_fns import throughput  # pylint: disable=g-import-not-at-top
-
-  model, flag_values = _parse_and_check([
-      "--mode=train_and_eval", "--data_dir=" + args.data_dir,
-      "--image_size=%d" % INPUT_IMAGE_SIZE, "--num_label_classes=%d" % INPUT_NUM_CLASSES])
-  result = {"image_size": INPUT_IMAGE_SIZE, "batch_size": args.input_batch_size,
-            "timed_batches": args.input_batches, "warmup_batches": args.input_warmup_batches,
-            "preprocessing": "inception (use_fast_color_distort=%s)"
-                             % flag_values.use_fast_color_distort}
-  for mode, key in ((tf.estimator.ModeKeys.TRAIN, "train"),
-                    (tf.estimator.ModeKeys.EVAL, "eval")):
-    input_fn = model.input_fn(flag_values, mode)
-    if mode == tf.estimator.ModeKeys.EVAL:
-      input_fn = _repeated(input_fn)
-    rate = throughput.measure_throughput(input_fn, args.input_batch_size,
-                                         args.input_batches, args.input_warmup_batches)
-    result[key + "_images_per_sec"] = round(rate, 2)
-    result[key + "_shards"] = len(input_fn.files)
-  result["peak_rss_mb"] = common.peak_rss_mb()
-  return result
-
-
-def _repeated(input_fn):
-  """The evaluation input_fn read over and over (it otherwise ends after one pass)."""
+def repeated(input_fn):
+  """The input_fn read over and over (evaluation input otherwise ends after one pass)."""
 
   def repeated_input_fn(params):
     return input_fn(params).repeat()
@@ -257,44 +107,61 @@ def _repeated(input_fn):
   return repeated_input_fn
 
 
-def run_child(args):
-  """Child process: measures one configuration and writes its JSON to --child_output."""
-  from absl import logging  # pylint: disable=g-import-not-at-top
-  logging.set_verbosity(logging.INFO)
-  try:
-    if args.child == INPUT_CHILD:
-      result = measure_input_pipeline(args)
-    else:
-      result = measure_model(args.child, args)
-  except Exception as error:  # pylint: disable=broad-except
-    logging.exception("%s failed", args.child)
-    result = {"error": "%s: %s" % (type(error).__name__, error)}
-  with open(args.child_output, "w") as f:
-    json.dump(result, f)
+def measure_model(name, args, model_dir):
+  """Trains and evaluates configuration `name` on synthetic images; returns its figures."""
+  settings = config_settings(name, args)
+  batch_size, total_steps = settings["batch_size"], args.warmup_steps + args.steps
+  argv = ["--mode=train", "--model_dir=" + model_dir, "--use_synthetic_data",
+          "--device=" + args.device, "--train_batch_size=%d" % batch_size,
+          "--eval_batch_size=%d" % batch_size, "--train_steps=%d" % total_steps,
+          "--eval_steps=%d" % total_steps,
+          "--save_checkpoints_steps=%d" % CHECKPOINT_ONLY_AT_ENDS]
+  argv += ["--%s=%s" % (key, str(settings[key]).lower()) for key in sorted(MODEL_CONFIGS["full"])]
+  argv += ["--precision_mode=" + settings["precision_mode"]] if settings["precision_mode"] else []
+  runner = run_loop.prepare(MODEL_NAME, argv)
+  config = runner.config
+  train = timed(lambda hooks: runner.train(total_steps, hooks), batch_size, args.warmup_steps)
+  peak_after_train = common.peak_rss_mb()
+  # The synthetic evaluation input ends after 10 batches: repeated, it lasts the steps.
+  evaluation = timed(lambda hooks: runner.estimator.evaluate(
+      repeated(runner.model.input_fn(config, "eval")), steps=total_steps, hooks=hooks),
+                     batch_size, args.warmup_steps)
+  return dict(
+      train_images_per_sec=train["images_per_sec"], train=train, eval=evaluation,
+      eval_images_per_sec=evaluation["images_per_sec"], device=config.device,
+      graph_build_seconds=train["graph_build_seconds"], peak_rss_mb_after_train=peak_after_train,
+      trainable_parameters=train["trainable_parameters"],
+      trainable_parameters_eval_graph=evaluation["trainable_parameters"],
+      precision_mode=settings["precision_mode"], compute_dtype=config.compute_dtype,
+      precision_fallback_to_fp32=(bool(settings["precision_mode"]) and
+                                  config.compute_dtype == "float32"),
+      observed_compute_dtype={"train": train.get("observed_compute_dtype"),
+                              "eval": evaluation.get("observed_compute_dtype")},
+      settings=dict(settings, steps=args.steps, warmup_steps=args.warmup_steps,
+                    data="synthetic (one random batch, repeated)", model_flags=argv[1:]))
 
 
-def spawn(child, argv, temp_dir):
-  """Runs this script for `child` in a new process; returns its figures (or an error)."""
-  output = os.path.join(temp_dir, child + ".json")
-  command = [sys.executable, os.path.abspath(__file__)] + list(argv) + [
-      "--child=" + child, "--child_output=" + output]
-  start = time.time()
-  sys.stderr.write("== %s: %s\n" % (child, " ".join(command)))
-  sys.stderr.flush()
-  code = subprocess.call(command, stdout=sys.stderr)
-  if os.path.exists(output):
-    with open(output) as f:
-      result = json.load(f)
-  else:
-    result = {"error": "child process exited with code %d%s" % (
-        code, " (killed; out of memory?)" if code == -9 else "")}
-  result["process_seconds"] = round(time.time() - start, 1)
+def measure_input_pipeline(args, model_dir):
+  """Inception preprocessing throughput of the AmoebaNet input_fn on real tfrecords."""
+  runner = run_loop.prepare(MODEL_NAME, [
+      "--mode=train_and_eval", "--model_dir=" + model_dir, "--data_dir=" + args.data_dir,
+      "--image_size=%d" % INPUT_IMAGE_SIZE, "--num_label_classes=%d" % INPUT_NUM_CLASSES])
+  result = {"image_size": INPUT_IMAGE_SIZE, "batch_size": args.input_batch_size,
+            "timed_batches": args.input_batches, "warmup_batches": args.input_warmup_batches,
+            "preprocessing": "inception (use_fast_color_distort=%s)"
+                             % runner.config.use_fast_color_distort}
+  for key in ("train", "eval"):  # the mode keys' values
+    input_fn = runner.model.input_fn(runner.config, key)
+    rate = throughput.measure_throughput(input_fn if key == "train" else repeated(input_fn),
+                                         args.input_batch_size, args.input_batches,
+                                         args.input_warmup_batches)
+    result.update({key + "_images_per_sec": round(rate, 2), key + "_shards": len(input_fn.files)})
   return result
 
 
 def build_flowers_tfrecords(output_dir):
   """tools/build_image_tfrecords.py on the flower photos; returns a description."""
-  source = os.path.join(common.data_root(), FLOWERS_FOLDER)
+  source = os.path.join(data_root(), FLOWERS_FOLDER)
   if not os.path.isdir(source):
     raise SystemExit("error: %s not found (set DATA_ROOT, or pass --data_dir)" % source)
   command = [sys.executable, os.path.join(REPO, "tools", "build_image_tfrecords.py"),
@@ -309,44 +176,48 @@ def build_flowers_tfrecords(output_dir):
           "builder_summary": completed.stdout.strip().splitlines()[-1]}
 
 
+def measure_all(args, argv, result, temp_dir):
+  """The input pipeline, then each configuration (none once the pipeline failed), each in
+  a child process, into `result`; returns True when a measurement failed."""
+
+  def spawn(child, child_argv):
+    return common.spawn([os.path.abspath(__file__)] + child_argv + ["--child=" + child],
+                        os.path.join(temp_dir, child + ".log"))
+
+  result["configs"] = {}
+  if args.input_batches:
+    data_dir = args.data_dir or os.path.join(temp_dir, "flowers_tfrecords")
+    result["input_data"] = ({"data_dir": os.path.abspath(data_dir), "built": False}
+                            if args.data_dir else
+                            dict(build_flowers_tfrecords(data_dir), built=True))
+    result["input_pipeline"] = spawn(INPUT_CHILD, argv + ["--data_dir=" + data_dir])
+    if "error" in result["input_pipeline"]:
+      sys.stderr.write("error: input pipeline: %s; model configurations skipped\n"
+                       % result["input_pipeline"]["error"])
+      return True
+  for name in args.configs:
+    result["configs"][name] = spawn(name, argv)
+  return any("error" in figures for figures in result["configs"].values())
+
+
 def main(argv):
   args = parse_args(argv)
   if args.child:
-    run_child(args)
+    logging.set_verbosity(logging.INFO)
+    with tempfile.TemporaryDirectory(prefix="bench_amoeba_%s_" % args.child) as model_dir:
+      common.run_child(lambda: measure_input_pipeline(args, model_dir)
+                       if args.child == INPUT_CHILD else
+                       measure_model(args.child, args, model_dir))
     return 0
-  start = time.time()
-  result = {"benchmark": "amoeba_net_speed", "started": common.timestamp()}
-  result.update(common.environment_info())
-  result.update(common.cpu_info())
-  result["settings"] = {key: value for key, value in vars(args).items()
-                        if key not in ("child", "child_output", "config_list")}
-  result["settings"]["configs"] = args.config_list
-  temp_dir = tempfile.mkdtemp(prefix="bench_amoeba_")
-  failed = False
+  start, result = time.time(), common.header("amoeba_net_speed")
+  result["settings"] = {key: value for key, value in vars(args).items() if key != "child"}
+  temp_dir, failed = tempfile.mkdtemp(prefix="bench_amoeba_"), False
   try:
-    if args.input_batches:
-      data_dir = args.data_dir
-      if data_dir:
-        result["input_data"] = {"data_dir": os.path.abspath(data_dir), "built": False}
-      else:
-        data_dir = os.path.join(temp_dir, "flowers_tfrecords")
-        result["input_data"] = dict(build_flowers_tfrecords(data_dir), built=True)
-      pipeline = spawn(INPUT_CHILD, argv + ["--data_dir=" + data_dir], temp_dir)
-      result["input_pipeline"] = pipeline
-      failed = "error" in pipeline
-    result["configs"] = {}
-    if failed:
-      sys.stderr.write("error: input pipeline: %s; model configurations skipped\n"
-                       % result["input_pipeline"]["error"])
-    for name in ([] if failed else args.config_list):
-      figures = spawn(name, argv, temp_dir)
-      result["configs"][name] = figures
-      failed = failed or "error" in figures
+    failed = measure_all(args, argv, result, temp_dir)
   finally:
-    shutil.rmtree(temp_dir, ignore_errors=True)
-  result.update(common.load_average("load_average_at_end"))
-  result["total_seconds"] = round(time.time() - start, 1)
-  common.emit_json(result, args.output)
+    if not failed:  # else the children's logs stay
+      shutil.rmtree(temp_dir, ignore_errors=True)
+  common.finish(result, args.output, start)
   return 1 if failed else 0
 
 

@@ -1,24 +1,28 @@
 """What the ViT and BiT fine-tuning models share: flags, data sources, the classifier spec.
 
-- `define_flags()`: the transfer-learning flags both models use (defined once per
-  process, so both models can be loaded side by side). A flag left at None means "what
-  the model's recipe says"; the recipe is resolved in each model's `params`.
+- `FINE_TUNING_FLAGS`: the transfer-learning flags both models put in their `flags` table
+  (registry.define_flags skips rows already defined, so both models load side by side).
+  A flag left at None means "what the model's recipe says".
 - `make_source(dataset, data_dir)`: tf_flowers / cifar10 / cifar100 (TFDS layout) or an
   ImageNet-format folder (input_fns.image_sources).
+- `TransferModel.configure`: the recipe, worked out once: the data's part here (source,
+  classes, splits, the training set's size when the recipe needs it), then the model's
+  hyperparameters in its `recipe`; every other hook reads the Config.
 - `classifier_spec(...)`: softmax cross-entropy (integer or soft MixUp labels), SGD with
   momentum through `migration.optimizers.wrap_optimizer`, optional global-norm clipping,
   UPDATE_OPS as control dependencies of the train op, accuracy (+ top-5 when there are
   more than 5 classes: with 5 or fewer it is always 100 %), predictions and a serving
   signature;
-- `fine_tuning_spec(...)`: the whole model_fn body around a network: builds the logits,
-  loads the `.npz` into the network's variables through the Scaffold when
-  params["weights"] is set, then `classifier_spec`.
+- `fine_tuning_spec(...)`: the whole model_fn body around a network's `build`: builds the
+  logits, warm-starts the network's variables from the `.npz` through the model's weights
+  filter (`estimators.pretrained`) when config["weights"] is set, then `classifier_spec`;
+  predictions carry the input's id and the class name.
 """
-from absl import flags
 import tensorflow.compat.v1 as tf
 
+from estimators import predictions as predictions_lib
+from estimators import pretrained
 from estimators import registry
-
 from input_fns import cifar
 from input_fns import image_sources
 from input_fns import tf_flowers
@@ -29,35 +33,34 @@ TOP_K = 5
 # Datasets whose images are smaller than 96x96 (BiT-HyperRule's small-image resolution).
 SMALL_IMAGE_DATASETS = ("cifar10", "cifar100")
 
-
-def _define_once(define, name, default, help_text, **kwargs):
-  if name not in flags.FLAGS:
-    define(name, default, help=help_text, **kwargs)
-
-
-def define_flags():
-  """The fine-tuning flags shared by `vit` and `bit` (None = the model's recipe)."""
-  _define_once(flags.DEFINE_enum, "dataset", "tf_flowers",
-               "tf_flowers: TFDS tf_flowers 3.0.1 under --data_dir (train[:85%] / "
-               "train[85%:]); cifar10, cifar100: tfrecords made by input_fns/cifar.py "
-               "under --data_dir; image_folder: ImageNet-format shards made by "
-               "tools/build_image_tfrecords.py in --data_dir.", enum_values=DATASETS)
-  _define_once(flags.DEFINE_string, "weights", None,
-               "Official pretrained .npz file; loaded into a fresh --model_dir only (a run "
-               "that resumes from a checkpoint keeps the checkpoint). Empty: from scratch.")
-  _define_once(flags.DEFINE_boolean, "reset_head", False,
-               "Zero the head even when the weights file has as many classes.")
-  _define_once(flags.DEFINE_float, "learning_rate", None, "Peak learning rate.")
-  _define_once(flags.DEFINE_integer, "warmup_steps", None, "Linear warm-up steps.")
-  _define_once(flags.DEFINE_float, "grad_clip_norm", None,
-               "Clip gradients to this global norm (0: off).")
-  _define_once(flags.DEFINE_float, "momentum", 0.9, "SGD momentum.")
-  _define_once(flags.DEFINE_float, "mixup_alpha", None, "MixUp Beta(alpha, alpha); 0: off.")
-  _define_once(flags.DEFINE_integer, "image_size", None,
-               "Training/eval resolution (the crop size).")
-  _define_once(flags.DEFINE_integer, "num_train_examples", None,
-               "Training examples (default: counted from the data).")
-  _define_once(flags.DEFINE_integer, "shuffle_buffer", 10000, "Training shuffle buffer.")
+FINE_TUNING_FLAGS = (
+    registry.Flag("dataset", "enum", "tf_flowers",
+                  "tf_flowers: TFDS tf_flowers 3.0.1 under --data_dir (train[:85%] / "
+                  "train[85%:]); cifar10, cifar100: tfrecords made by "
+                  "tools/build_cifar_tfrecords.py under --data_dir; image_folder: "
+                  "ImageNet-format shards made by tools/build_image_tfrecords.py in "
+                  "--data_dir.", DATASETS),
+    registry.Flag("weights", "string", None,
+                  "Official pretrained .npz file; loaded into a fresh --model_dir only (a "
+                  "run that resumes from a checkpoint keeps the checkpoint). Empty: from "
+                  "scratch."),
+    registry.Flag("reset_head", "bool", False,
+                  "Zero the head even when the weights file has as many classes."),
+    registry.Flag("learning_rate", "float", None, "Peak learning rate.", registry.POSITIVE),
+    registry.Flag("warmup_steps", "integer", None, "Linear warm-up steps.",
+                  registry.NON_NEGATIVE),
+    registry.Flag("grad_clip_norm", "float", None,
+                  "Clip gradients to this global norm (0: off).", registry.NON_NEGATIVE),
+    registry.Flag("momentum", "float", 0.9, "SGD momentum.", registry.NON_NEGATIVE),
+    registry.Flag("mixup_alpha", "float", None, "MixUp Beta(alpha, alpha); 0: off.",
+                  registry.NON_NEGATIVE),
+    registry.Flag("image_size", "integer", None, "Training/eval resolution (the crop size).",
+                  registry.POSITIVE),
+    registry.Flag("num_train_examples", "integer", None,
+                  "Training examples (default: counted from the data).", registry.POSITIVE),
+    registry.Flag("shuffle_buffer", "integer", 10000, "Training shuffle buffer.",
+                  registry.POSITIVE),
+)
 
 
 def pick(value, recipe_value):
@@ -76,24 +79,10 @@ def make_source(dataset, data_dir):
   raise ValueError("--dataset=%s is not one of %s" % (dataset, ", ".join(DATASETS)))
 
 
-def count_train_examples(flag_values, source, split):
-  if flag_values.num_train_examples:
-    return flag_values.num_train_examples
-  return source.num_examples(split)
-
-
-def check_positive(flag_values, names):
-  for name in names:
-    value = getattr(flag_values, name)
-    if value is not None and value <= 0:
-      raise ValueError("--%s=%r must be positive" % (name, value))
-
-
-def check_non_negative(flag_values, names):
-  for name in names:
-    value = getattr(flag_values, name)
-    if value is not None and value < 0:
-      raise ValueError("--%s=%r must be >= 0" % (name, value))
+def train_steps(flag_values, config, default):
+  """--train_steps, else --train_epochs passes over config.train_examples, else `default`."""
+  return registry.train_steps(
+      flag_values, lambda: config.train_examples / float(config.train_batch_size), default)
 
 
 def images_of(features):
@@ -121,26 +110,26 @@ def _cross_entropy(logits, labels, num_classes):
       labels=tf.stop_gradient(targets), logits=logits))
 
 
-def _train_op(loss, params, learning_rate):
-  optimizer = tf.train.MomentumOptimizer(learning_rate, params["momentum"])
-  optimizer = optimizers.wrap_optimizer(optimizer, params)
+def _train_op(loss, config, learning_rate):
+  optimizer = tf.train.MomentumOptimizer(learning_rate, config["momentum"])
+  optimizer = optimizers.wrap_optimizer(optimizer, config)
   grads_and_vars = [(g, v) for g, v in optimizer.compute_gradients(loss) if g is not None]
-  if params.get("grad_clip_norm"):
+  if config.get("grad_clip_norm"):
     grads, variables = zip(*grads_and_vars)
-    grads, _ = tf.clip_by_global_norm(grads, params["grad_clip_norm"])
+    grads, _ = tf.clip_by_global_norm(grads, config["grad_clip_norm"])
     grads_and_vars = list(zip(grads, variables))
   with tf.control_dependencies(tf.get_collection(tf.GraphKeys.UPDATE_OPS)):
     return optimizer.apply_gradients(grads_and_vars, tf.train.get_or_create_global_step())
 
 
-def classifier_spec(mode, logits, labels, params, learning_rate_fn, scaffold=None):
+def classifier_spec(mode, logits, labels, config, learning_rate_fn, scaffold=None):
   """EstimatorSpec of a fine-tuned classifier (see the module docstring).
 
-  params: num_classes, momentum, grad_clip_norm (0/None: off), loss_scale (run loop).
+  config: num_classes, momentum, grad_clip_norm (0/None: off), loss_scale (run loop).
   learning_rate_fn(global_step) -> scalar learning rate (training only).
   """
   logits = tf.cast(logits, tf.float32)
-  num_classes = params["num_classes"]
+  num_classes = config["num_classes"]
   predictions = {"classes": tf.argmax(logits, axis=1, output_type=tf.int32),
                  "probabilities": tf.nn.softmax(logits)}
   if mode == tf.estimator.ModeKeys.PREDICT:
@@ -152,7 +141,7 @@ def classifier_spec(mode, logits, labels, params, learning_rate_fn, scaffold=Non
     learning_rate = learning_rate_fn(tf.train.get_or_create_global_step())
     tf.summary.scalar("learning_rate", learning_rate)
     return tf.estimator.EstimatorSpec(mode, loss=loss, scaffold=scaffold,
-                                      train_op=_train_op(loss, params, learning_rate))
+                                      train_op=_train_op(loss, config, learning_rate))
   labels = tf.cast(labels, tf.int32)
   metrics = {"accuracy": tf.metrics.accuracy(labels, predictions["classes"])}
   if num_classes > TOP_K:
@@ -162,100 +151,112 @@ def classifier_spec(mode, logits, labels, params, learning_rate_fn, scaffold=Non
                                     scaffold=scaffold)
 
 
-def fine_tuning_spec(features, labels, mode, params, logits_fn, weights_scaffold_fn,
+def fine_tuning_spec(features, labels, mode, config, build, weights_filter,
                      learning_rate_fn):
-  """model_fn body: logits_fn(images, training) -> logits; weights_scaffold_fn(path,
-  variables, num_classes, reset_head) -> Scaffold loading the network's variables."""
+  """model_fn body. build(images, num_classes, is_training, config) -> (logits,
+  end_points) is the network's; weights_filter(num_classes, reset_head) -> its weights
+  format's `pretrained.Filter` (the model's `weights.Filter`); learning_rate_fn(
+  global_step, config). config: a Mapping (the run's Config in a run) with what these
+  read; class_names (missing or None: predictions without class_name)."""
   existing = set(tf.trainable_variables())
-  logits = logits_fn(images_of(features), mode == tf.estimator.ModeKeys.TRAIN)
+  logits, _ = build(images_of(features), config["num_classes"],
+                    mode == tf.estimator.ModeKeys.TRAIN, config)
   scaffold = None
-  if params.get("weights"):
+  if config.get("weights"):
     created = [v for v in tf.trainable_variables() if v not in existing]
-    scaffold = weights_scaffold_fn(params["weights"], created, params["num_classes"],
-                                   params["reset_head"])
-  return classifier_spec(mode, logits, labels, params,
-                         lambda step: learning_rate_fn(step, params), scaffold)
+    scaffold = pretrained.warm_start(config["weights"], created, weights_filter(
+        config["num_classes"], config["reset_head"]))
+  spec = classifier_spec(mode, logits, labels, config,
+                         lambda step: learning_rate_fn(step, config), scaffold)
+  if mode == tf.estimator.ModeKeys.PREDICT:
+    return predictions_lib.with_input_fields(spec, features, config.get("class_names"))
+  return spec
 
 
 class TransferModel(registry.Model):
-  """What ViT and BiT share: params are the recipe (flags over the recipe defaults), and
-  the input pipelines differ only in their per-example preprocessing."""
+  """What ViT and BiT share: configure() works the recipe out once (the data's part here,
+  the hyperparameters in `recipe`); the input pipelines differ only in their per-example
+  preprocessing."""
 
+  network_module = None  # the model's network (has build(images, num_classes, ...))
   model_fn_module = None  # the model's model_fn module (has model_fn(features, ...))
-  weights_module = None  # the model's .npz weights module (has plan(...))
+  weights_module = None  # the model's weights.py (has Filter(num_classes, reset_head))
+  splits = {}  # --dataset -> (training split, evaluation split)
   headline_metric = ("accuracy", "top-1 accuracy on the --dataset's evaluation split "
                      "(tf_flowers train[85%:], CIFAR test, image folder validation)")
 
-  def recipe(self, flag_values):
+  def counts_train_examples(self, flag_values):
+    """Whether the recipe itself goes by the training set's size (--train_epochs aside)."""
+    del flag_values
+    return False
+
+  def recipe(self, flag_values, config):
+    """`config` (the run's and the data's values) with the model's hyperparameters added
+    (train_steps included), checked with registry.require."""
     raise NotImplementedError
 
-  def splits(self, flag_values):
-    """(training split, evaluation split) of --dataset."""
+  def preprocessing(self, config):
+    """(train_fn, eval_fn): per-example preprocessing of encoded images."""
     raise NotImplementedError
 
-  def train_examples(self, flag_values):
-    """The training split's records (or --num_train_examples)."""
-    return count_train_examples(flag_values,
-                                make_source(flag_values.dataset, flag_values.data_dir),
-                                self.splits(flag_values)[0])
+  def configure(self, flag_values, run):
+    source = make_source(flag_values.dataset, run.data_dir)
+    train_split, eval_split = self.splits[flag_values.dataset]
+    train_examples = flag_values.num_train_examples
+    if train_examples is None and (flag_values.train_epochs is not None or
+                                   self.counts_train_examples(flag_values)):
+      train_examples = source.num_examples(train_split)
+    return self.recipe(flag_values, run.replace(
+        dataset=flag_values.dataset, source=source, num_classes=source.num_classes,
+        class_names=source.class_names,  # predictions name their class (None: ids only)
+        train_split=train_split, eval_split=eval_split,
+        train_examples=train_examples,  # None when nothing needs the count
+        shuffle_buffer=flag_values.shuffle_buffer, weights=flag_values.weights or None,
+        reset_head=flag_values.reset_head, momentum=flag_values.momentum))
 
-  def preprocessing(self, recipe):
-    """(train_fn, eval_fn): per-example preprocessing of decoded uint8 images."""
-    raise NotImplementedError
+  def model_fn(self, features, labels, mode, config):
+    return self.model_fn_module.model_fn(features, labels, mode, config)
 
-  def params(self, flag_values):
-    return self.recipe(flag_values)
-
-  def model_fn(self, features, labels, mode, params):
-    return self.model_fn_module.model_fn(features, labels, mode, params)
-
-  def input_fn(self, flag_values, mode):
-    recipe = self.recipe(flag_values)
-    source = make_source(flag_values.dataset, flag_values.data_dir)
-    train_fn, eval_fn = self.preprocessing(recipe)
+  def input_fn(self, config, mode):
+    train_fn, eval_fn = self.preprocessing(config)
     if mode == tf.estimator.ModeKeys.TRAIN:
       return image_sources.build_input_fn(
-          source, recipe["train_split"], True, train_fn, mixup_alpha=recipe["mixup_alpha"],
-          shuffle_buffer=flag_values.shuffle_buffer, seed=flag_values.tf_random_seed)
-    return image_sources.build_input_fn(source, recipe["eval_split"], False, eval_fn,
-                                        predict=mode == tf.estimator.ModeKeys.PREDICT)
+          config.source, config.train_split, True, train_fn, mixup_alpha=config.mixup_alpha,
+          shuffle_buffer=config.shuffle_buffer, seed=config.tf_random_seed)
+    return image_sources.build_input_fn(
+        config.source, config.eval_split, False, eval_fn,
+        fixed_batch_shapes=config.fixed_batch_shapes,
+        predict=mode == tf.estimator.ModeKeys.PREDICT)
 
-  def summarize(self, results, flag_values):
+  def summarize(self, results, config):
     if "accuracy" not in results:
       return None
     top_5 = (", top-5 %.2f%%" % (100 * results["top_5_accuracy"])
              if "top_5_accuracy" in results else "")
     return ("%s eval at global step %d: top-1 %.2f%%%s accuracy on %s %s, loss %.4f "
             "(cross-entropy)" % (self.name, results["global_step"], 100 * results["accuracy"],
-                                 top_5, flag_values.dataset, self.splits(flag_values)[1],
-                                 results["loss"]))
+                                 top_5, config.dataset, config.eval_split, results["loss"]))
 
-  def serving_input_receiver_fn(self, flag_values):
-    return serving_input_receiver_fn(self.recipe(flag_values)["image_size"])
+  def serving_input_receiver_fn(self, config):
+    return serving_input_receiver_fn(config.image_size)
 
-  def build_network(self, images, params):
-    """Builds the network on `images` (inference mode) in the current graph."""
-    raise NotImplementedError
+  def check_inputs(self, config):
+    if config.mode in ("train", "train_and_eval"):
+      config.source.check_records(config.train_split)
+    if config.mode != "train":
+      config.source.check_records(config.eval_split)
+    if config.weights:
+      self.check_weights(config)
 
-  def check_inputs(self, flag_values):
-    recipe = self.recipe(flag_values)
-    source = make_source(flag_values.dataset, flag_values.data_dir)
-    if flag_values.mode in ("train", "train_and_eval"):
-      source.check_records(recipe["train_split"])
-    if flag_values.mode != "train":
-      source.check_records(recipe["eval_split"])
-    if recipe["weights"]:
-      self.check_weights(recipe)
-
-  def check_weights(self, params):
+  def check_weights(self, config):
     """Raises a WeightsError (first line: the file) unless the file fits the network in
-    dtype, shape and values. The expected shapes come from building the network in a
-    throwaway graph: the network code stays the one description of its variables (a
-    shape table per variant would be a second one), and building allocates no values.
-    Then every array is read once and must be finite."""
-    with tf.Graph().as_default():
-      size = params["image_size"]
-      self.build_network(tf.placeholder(tf.float32, [1, size, size, 3]), params)
-      source, _ = self.weights_module.plan(params["weights"], tf.trainable_variables(),
-                                           params["num_classes"], params["reset_head"])
-    source.check_values()
+    dtype, shape and values (`pretrained.check_file`, the network built at batch 1)."""
+    size = config.image_size
+
+    def make_variables():
+      self.network_module.build(tf.placeholder(tf.float32, [1, size, size, 3]),
+                                config.num_classes, False, config)
+      return tf.trainable_variables()
+
+    pretrained.check_file(config.weights, make_variables,
+                          self.weights_module.Filter(config.num_classes, config.reset_head))

@@ -1,8 +1,11 @@
 """Thin layers on tf.get_variable + tf.nn, identical on TF 1.15 and TF 2.15.
 
-`slim` and `tf.layers` behave differently (or break) across the two stacks; these layers
-keep variable names under our control (which the weight loaders rely on) and use the
-fused kernels (fused batch norm, conv with NHWC) on every backend.
+Why not tf-slim, which the reference AmoebaNet-D uses (README "Layers: not tf-slim",
+measured by benchmarks/slim_layers.py): the same kernels and bit-identical logits and
+gradients, but slim.batch_norm fails on TF 2.15 in two places that only patches to
+TensorFlow internals fix, slim names variables weights/biases where the ViT/BiT files use
+kernel/bias, and slim.dropout bypasses the NPU dropout (migration.ops). The reference's
+own batch norm is fused BN + moving-average updates, as `batch_norm` here.
 """
 import math
 

@@ -26,6 +26,7 @@ from absl import logging
 from estimators import checkpoints
 from estimators import registry
 from estimators import run_control
+from input_fns import record_checks
 from migration import backend as backend_lib
 from migration import estimator as estimator_lib
 from migration import precision
@@ -59,76 +60,91 @@ SEED_PROFILING_OPTIONS = {"training_trace": "on", "task_trace": "on", "aicpu": "
                           "fp_point": "", "bp_point": "", "aic_metrics": "PipeUtilization"}
 
 
-def define_common_flags():
-  """Flags shared by every model (models add their own and may change these defaults)."""
-  flags.DEFINE_enum("mode", "train_and_eval", MODES, "What to run.")
-  flags.DEFINE_string("data_dir", None, "Folder of the input data.")
-  flags.DEFINE_string("model_dir", None, "Checkpoints, summaries and logs go here.")
-  flags.DEFINE_integer("train_batch_size", 64, "Global training batch size.")
-  flags.DEFINE_integer("eval_batch_size", 64, "Evaluation batch size.")
-  flags.DEFINE_integer("predict_batch_size", None, "Prediction batch size (default: eval).")
-  flags.DEFINE_integer("train_steps", None, "Training steps in all (default: from "
-                       "--train_epochs when set, else the model's recipe); not with "
-                       "--train_epochs.")
-  flags.DEFINE_float("train_epochs", None, "Training epochs: ceil(epochs x the training "
-                     "examples of this run's data / the training batch) steps; not with "
-                     "--train_steps.")
-  flags.DEFINE_integer("steps_per_eval", None, "Training steps between evaluations in "
-                       "train_and_eval (default: from the model, else once at the end).")
-  flags.DEFINE_integer("eval_steps", None, "Batches per evaluation (default: whole set).")
-  flags.DEFINE_string("checkpoint_path", None, "Checkpoint to evaluate/predict "
-                      "(default: the latest in --model_dir).")
-  flags.DEFINE_integer("eval_timeout", 86400, "continuous_eval: seconds to wait for a "
-                       "new checkpoint before stopping.")
-  flags.DEFINE_string("export_dir", None, "Export a SavedModel here after training.")
-  flags.DEFINE_string("predictions_file", None,
-                      "predict: JSON-lines output (default: <model_dir>/predictions.jsonl).")
-  flags.DEFINE_enum("device", "auto", backend_lib.DEVICES, "auto: npu if npu_bridge "
-                    "imports, else gpu if TensorFlow sees one, else cpu.")
-  flags.DEFINE_integer("save_checkpoints_steps", None, "Checkpoint every N steps.")
-  flags.DEFINE_integer("save_checkpoints_secs", None,
-                       "Checkpoint every N seconds (default 600 when no steps are given).")
-  flags.DEFINE_integer("keep_checkpoint_max", 5, "Checkpoints kept.")
-  flags.DEFINE_integer("save_summary_steps", 100, "TensorBoard summaries every N steps.")
-  flags.DEFINE_integer("log_step_count_steps", 100, "Log steps/sec and examples/sec every N.")
-  flags.DEFINE_integer("tf_random_seed", None, "Graph-level random seed.")
-  flags.DEFINE_integer("intra_op_threads", 0, "0: TensorFlow's default.")
-  flags.DEFINE_integer("inter_op_threads", 0, "0: TensorFlow's default.")
-  # Ascend NPU and precision options (NPURunConfig; validated on every backend).
-  flags.DEFINE_string("precision_mode", None, "NPU precision mode, one of: %s. Off the "
-                      "NPU the reduced modes turn on TF auto mixed precision (fp16 on GPU, "
-                      "bf16 on CPU where available)." % ", ".join(validation.PRECISION_MODES))
-  flags.DEFINE_string("loss_scale", "auto", "auto (follows the precision), none, dynamic, "
-                      "or a fixed number.")
-  flags.DEFINE_string("fusion_switch_file", None, 'NPU fusion switch file, JSON: {"Switch": '
-                      '{"GraphFusion": {"<PassName>" or "ALL": "on"|"off", ...}, "UBFusion": '
-                      '{...}}} (only those two keys under "Switch").')
-  flags.DEFINE_string("modify_mixlist", None, 'NPU mixed-precision list file, JSON: '
-                      '{"black-list"|"white-list"|"gray-list": {"to-add": [OpType, ...], '
-                      '"to-remove": [OpType, ...]}}; needs --precision_mode=%s.'
-                      % "|".join(validation.MIXLIST_PRECISION_MODES))
-  flags.DEFINE_integer("iterations_per_loop", 1, "Steps per Session.run on the NPU.")
-  flags.DEFINE_boolean("enable_dump", False, "NPU data dump.")
-  flags.DEFINE_string("dump_path", None, "NPU dump output folder.")
-  flags.DEFINE_string("dump_step", "0", "Steps to dump, e.g. 0|5|10 or 0-3.")
-  flags.DEFINE_enum("dump_mode", "output", validation.DUMP_MODES, "Dump op inputs/outputs.")
-  flags.DEFINE_boolean("enable_dump_debug", False, "NPU overflow dump.")
-  flags.DEFINE_enum("dump_debug_mode", "all", validation.DUMP_DEBUG_MODES, "Overflow kind.")
-  flags.DEFINE_boolean("enable_profiling", False, "NPU profiling.")
-  flags.DEFINE_string("profiling_options", None, "NPU profiling options (with "
-                      "--enable_profiling), a JSON object such as %s (checked to be a JSON "
-                      "object)." % json.dumps(dict(output="/tmp/profiling",
-                                                   **SEED_PROFILING_OPTIONS)))
-  flags.DEFINE_boolean("hcom_parallel", True, "NPU: overlap allreduce with backprop.")
-  flags.DEFINE_boolean("enable_data_pre_proc", True, "NPU: offload the input pipeline.")
-  flags.DEFINE_boolean("mix_compile_mode", False, "NPU mixed compile (iterations_per_loop=1).")
-  flags.DEFINE_string("op_compiler_cache_mode", None, "NPU operator compile cache: %s."
-                      % "|".join(validation.OP_COMPILER_CACHE_MODES))
-  flags.DEFINE_string("op_compiler_cache_dir", None, "NPU operator compile cache folder.")
+RUN_FLAGS = (
+    registry.Flag("mode", "enum", "train_and_eval", "What to run.", MODES),
+    registry.Flag("data_dir", "string", None, "Folder of the input data."),
+    registry.Flag("model_dir", "string", None, "Checkpoints, summaries and logs go here."),
+    registry.Flag("train_batch_size", "integer", 64, "Global training batch size.",
+                  registry.POSITIVE),
+    registry.Flag("eval_batch_size", "integer", 64, "Evaluation batch size.",
+                  registry.POSITIVE),
+    registry.Flag("predict_batch_size", "integer", None, "Prediction batch size (default: "
+                  "eval).", registry.POSITIVE),
+    registry.Flag("train_steps", "integer", None, "Training steps in all (default: from "
+                  "--train_epochs when set, else the model's recipe); not with "
+                  "--train_epochs.", registry.POSITIVE),
+    registry.Flag("train_epochs", "float", None, "Training epochs: ceil(epochs x the "
+                  "training examples of this run's data / the training batch) steps; not "
+                  "with --train_steps.", registry.POSITIVE),
+    registry.Flag("steps_per_eval", "integer", None, "Training steps between evaluations "
+                  "in train_and_eval (default: from the model, else once at the end).",
+                  registry.POSITIVE),
+    registry.Flag("eval_steps", "integer", None, "Batches per evaluation (default: whole "
+                  "set).", registry.POSITIVE),
+    registry.Flag("checkpoint_path", "string", None, "Checkpoint to evaluate/predict "
+                  "(default: the latest in --model_dir)."),
+    registry.Flag("eval_timeout", "integer", 86400, "continuous_eval: seconds to wait for "
+                  "a new checkpoint before stopping.", registry.NON_NEGATIVE),
+    registry.Flag("export_dir", "string", None, "Export a SavedModel here after training."),
+    registry.Flag("predictions_file", "string", None, "predict: JSON-lines output "
+                  "(default: <model_dir>/predictions.jsonl)."),
+    registry.Flag("device", "enum", "auto", "auto: npu if npu_bridge imports, else gpu if "
+                  "TensorFlow sees one, else cpu.", backend_lib.DEVICES),
+    registry.Flag("save_checkpoints_steps", "integer", None, "Checkpoint every N steps.",
+                  registry.POSITIVE),
+    registry.Flag("save_checkpoints_secs", "integer", None, "Checkpoint every N seconds "
+                  "(default 600 when no steps are given).", registry.POSITIVE),
+    registry.Flag("keep_checkpoint_max", "integer", 5, "Checkpoints kept.",
+                  registry.POSITIVE),
+    registry.Flag("save_summary_steps", "integer", 100, "TensorBoard summaries every N "
+                  "steps.", registry.NON_NEGATIVE),
+    registry.Flag("log_step_count_steps", "integer", 100, "Log steps/sec and examples/sec "
+                  "every N.", registry.POSITIVE),
+    registry.Flag("tf_random_seed", "integer", None, "Graph-level random seed."),
+    registry.Flag("intra_op_threads", "integer", 0, "0: TensorFlow's default.",
+                  registry.NON_NEGATIVE),
+    registry.Flag("inter_op_threads", "integer", 0, "0: TensorFlow's default.",
+                  registry.NON_NEGATIVE),
+    # Ascend NPU and precision options (NPURunConfig; validated on every backend).
+    registry.Flag("precision_mode", "string", None, "NPU precision mode, one of: %s. Off "
+                  "the NPU the reduced modes turn on TF auto mixed precision (fp16 on GPU, "
+                  "bf16 on CPU where available)." % ", ".join(validation.PRECISION_MODES)),
+    registry.Flag("loss_scale", "string", "auto", "auto (follows the precision), none, "
+                  "dynamic, or a fixed number."),
+    registry.Flag("fusion_switch_file", "string", None, 'NPU fusion switch file, JSON: '
+                  '{"Switch": {"GraphFusion": {"<PassName>" or "ALL": "on"|"off", ...}, '
+                  '"UBFusion": {...}}} (only those two keys under "Switch").'),
+    registry.Flag("modify_mixlist", "string", None, 'NPU mixed-precision list file, JSON: '
+                  '{"black-list"|"white-list"|"gray-list": {"to-add": [OpType, ...], '
+                  '"to-remove": [OpType, ...]}}; needs --precision_mode=%s.'
+                  % "|".join(validation.MIXLIST_PRECISION_MODES)),
+    registry.Flag("iterations_per_loop", "integer", 1, "Steps per Session.run on the NPU."),
+    registry.Flag("enable_dump", "bool", False, "NPU data dump."),
+    registry.Flag("dump_path", "string", None, "NPU dump output folder."),
+    registry.Flag("dump_step", "string", "0", "Steps to dump, e.g. 0|5|10 or 0-3."),
+    registry.Flag("dump_mode", "enum", "output", "Dump op inputs/outputs.",
+                  validation.DUMP_MODES),
+    registry.Flag("enable_dump_debug", "bool", False, "NPU overflow dump."),
+    registry.Flag("dump_debug_mode", "enum", "all", "Overflow kind.",
+                  validation.DUMP_DEBUG_MODES),
+    registry.Flag("enable_profiling", "bool", False, "NPU profiling."),
+    registry.Flag("profiling_options", "string", None, "NPU profiling options (with "
+                  "--enable_profiling), a JSON object such as %s (checked to be a JSON "
+                  "object)." % json.dumps(dict(output="/tmp/profiling",
+                                               **SEED_PROFILING_OPTIONS))),
+    registry.Flag("hcom_parallel", "bool", True, "NPU: overlap allreduce with backprop."),
+    registry.Flag("enable_data_pre_proc", "bool", True, "NPU: offload the input pipeline."),
+    registry.Flag("mix_compile_mode", "bool", False, "NPU mixed compile "
+                  "(iterations_per_loop=1)."),
+    registry.Flag("op_compiler_cache_mode", "string", None, "NPU operator compile cache: "
+                  "%s." % "|".join(validation.OP_COMPILER_CACHE_MODES)),
+    registry.Flag("op_compiler_cache_dir", "string", None, "NPU operator compile cache "
+                  "folder."),
+)
 
 
 def define_tf2_seed_flags(flag_values=FLAGS):
-  """Defines the ModelZoo TF2 scripts' flag names (a model calls it from define_flags);
+  """Defines the ModelZoo TF2 scripts' flag names (for models with tf2_seed_flags);
   npu_options() maps the switch + file pairs."""
   for alias, original in TF2_SEED_ALIASES.items():
     if alias not in flag_values:
@@ -206,15 +222,10 @@ def check_common_flags(flag_values):
   if os.path.exists(flag_values.model_dir) and not os.path.isdir(flag_values.model_dir):
     raise validation.ConfigError("--model_dir=%s exists and is not a folder"
                                  % flag_values.model_dir)
-  for name in ("train_batch_size", "eval_batch_size", "predict_batch_size", "train_steps",
-               "steps_per_eval", "eval_steps", "save_checkpoints_steps",
-               "save_checkpoints_secs", "keep_checkpoint_max", "log_step_count_steps"):
-    value = getattr(flag_values, name)
-    if value is not None and value < 1:
-      raise validation.ConfigError("--%s=%d must be positive" % (name, value))
-  if flag_values.train_epochs is not None and not flag_values.train_epochs > 0:
-    raise validation.ConfigError("--train_epochs=%r must be positive"
-                                 % flag_values.train_epochs)
+  try:
+    registry.check_ranges(RUN_FLAGS, flag_values)
+  except ValueError as e:
+    raise validation.ConfigError(str(e))
   if (registry.flag_given(flag_values, "train_steps") and
       registry.flag_given(flag_values, "train_epochs")):
     raise validation.ConfigError("--train_steps=%d and --train_epochs=%g both set the "
@@ -231,13 +242,13 @@ def check_common_flags(flag_values):
                                                                 flag_values.model_dir))
 
 
-def prepare_output_folders(flag_values):
+def prepare_output_folders(config):
   """Creates --model_dir (and the predictions file's folder) after every check has
   passed, so that a refused run leaves no empty folder; one line if they are not writable."""
-  _check_writable("model_dir", flag_values.model_dir)
-  if flag_values.mode == "predict":
+  _check_writable("model_dir", config.model_dir)
+  if config.mode == "predict":
     _check_writable("predictions_file", os.path.dirname(os.path.abspath(
-        predictions_path(flag_values))))
+        config.predictions_file)))
 
 
 def predictions_path(flag_values):
@@ -245,19 +256,19 @@ def predictions_path(flag_values):
                                                       "predictions.jsonl")
 
 
-def checkpoint_to_read(flag_values):
+def checkpoint_to_read(config):
   """The checkpoint eval/predict read: --checkpoint_path, which must be intact, else the
   newest intact one in --model_dir (a corrupt newer one is named and skipped)."""
-  if flag_values.checkpoint_path:
+  if config.checkpoint_path:
     try:
-      checkpoints.verify(flag_values.checkpoint_path)
+      checkpoints.verify(config.checkpoint_path)
     except checkpoints.CheckpointError as error:
       raise validation.ConfigError("--checkpoint_path: %s" % error)
-    return flag_values.checkpoint_path
-  intact, corrupt = checkpoints.newest_intact(flag_values.model_dir)
+    return config.checkpoint_path
+  intact, corrupt = checkpoints.newest_intact(config.model_dir)
   if intact is None:
     raise validation.ConfigError("--model_dir=%s holds no intact checkpoint (corrupt: %s)"
-                                 % (flag_values.model_dir, ", ".join(corrupt)))
+                                 % (config.model_dir, ", ".join(corrupt)))
   if corrupt:
     logging.warning("reading %s, the newest intact checkpoint", intact)
   return intact
@@ -276,10 +287,10 @@ _LABEL_OUT_OF_RANGE = re.compile(r"Received a label value of (-?\d+) which is ou
                                  r"valid range of \[0, (\d+)\)")
 
 
-def _data_source(input_fn, flag_values):
+def _data_source(input_fn, config):
   files = getattr(input_fn, "files", None)
   return ", ".join(files[:3]) + (" ..." if len(files) > 3 else "") if files else (
-      "--data_dir=%s" % flag_values.data_dir)
+      "--data_dir=%s" % config.data_dir)
 
 
 def _remove_partial_checkpoints(model_dir):
@@ -293,7 +304,7 @@ def _remove_partial_checkpoints(model_dir):
       tf.gfile.Remove(partial)
 
 
-def run_reading(input_fn, work, flag_values):
+def run_reading(input_fn, work, config):
   """Runs `work()`, turning what the data or the disk can do to a run into one line:
   a corrupt TFRecord (DataLossError) names the shard (input_fns that read TFRecords expose
   `input_fn.files`); a label outside the model's classes names the data; a full disk
@@ -303,26 +314,26 @@ def run_reading(input_fn, work, flag_values):
   except (tf.errors.OpError, OSError) as error:
     message = getattr(error, "message", None) or str(error)
     if _NO_SPACE in message:
-      _remove_partial_checkpoints(flag_values.model_dir)
+      _remove_partial_checkpoints(config.model_dir)
       raise DiskFullError("no space left on the device of --model_dir=%s; partial "
                           "checkpoint files removed, the newest complete checkpoint is %s"
-                          % (flag_values.model_dir,
-                             tf.train.latest_checkpoint(flag_values.model_dir)))
+                          % (config.model_dir,
+                             tf.train.latest_checkpoint(config.model_dir)))
     label = _LABEL_OUT_OF_RANGE.search(message)
     if isinstance(error, tf.errors.InvalidArgumentError) and label:
       raise DataError("%s holds label %s, outside the model's %s classes [0, %s)" % (
-          _data_source(input_fn, flag_values), label.group(1), label.group(2),
+          _data_source(input_fn, config), label.group(1), label.group(2),
           label.group(2)))
     if not isinstance(error, tf.errors.DataLossError):
       raise
-    from input_fns import imagenet  # pylint: disable=g-import-not-at-top
     files = getattr(input_fn, "files", None)
     if files:
       try:
-        imagenet.check_tfrecords(files)
+        for path in files:
+          record_checks.read_records(path)
       except ValueError as named:
         raise DataError(str(named))
-    raise DataError("corrupt input data in %s: %s" % (_data_source(input_fn, flag_values),
+    raise DataError("corrupt input data in %s: %s" % (_data_source(input_fn, config),
                                                       message.splitlines()[0]))
 
 
@@ -418,97 +429,133 @@ def print_final_metrics(metrics):
   return line
 
 
-class Runner(object):
-  """Holds one run's model, flags and estimator; each mode is a method."""
+def run_values(flag_values, backend):
+  """The run loop's values, worked out once: where every model's configure() starts."""
+  return registry.Config(
+      mode=flag_values.mode,
+      model_dir=flag_values.model_dir,
+      data_dir=flag_values.data_dir,
+      train_batch_size=flag_values.train_batch_size,
+      eval_batch_size=flag_values.eval_batch_size,
+      predict_batch_size=flag_values.predict_batch_size or flag_values.eval_batch_size,
+      steps_per_eval=flag_values.steps_per_eval,
+      eval_steps=flag_values.eval_steps,
+      tf_random_seed=flag_values.tf_random_seed,
+      checkpoint_path=flag_values.checkpoint_path,
+      export_dir=flag_values.export_dir,
+      predictions_file=predictions_path(flag_values),
+      eval_timeout=flag_values.eval_timeout,
+      log_step_count_steps=flag_values.log_step_count_steps,
+      device=backend.device,
+      # The NPU compiles one graph per input shape: its batches keep one size.
+      fixed_batch_shapes=backend.is_npu,
+      compute_dtype=precision.compute_dtype(backend, flag_values.precision_mode),
+      loss_scale=precision.resolve_loss_scale(flag_values.loss_scale, backend,
+                                              flag_values.precision_mode))
 
-  def __init__(self, model, flag_values, backend, stop=None):
+
+def configure(model, flag_values, backend):
+  """The run's Config: the run loop's values, then the model's (ranges from its flag
+  table, then its configure()); every data check last. One ConfigError line on failure."""
+  try:
+    registry.check_ranges(model.flags, flag_values)
+    config = model.configure(flag_values, run_values(flag_values, backend))
+    config = config.replace(steps_per_eval=config.steps_per_eval or config.train_steps)
+    model.check_inputs(config)  # the last check: it may build a data cache
+  except ValueError as e:
+    raise validation.ConfigError(str(e))
+  return config
+
+
+class Runner(object):
+  """One run: its model, Config and estimator; each mode is a method."""
+
+  def __init__(self, model, config, backend, npu_opts, run_opts, model_flags):
     self.model = model
-    self.flags = flag_values
-    self.backend = backend
-    self.stop = stop or run_control.GracefulStop()  # unless entered, signals act as usual
-    self.model_flags = model_flag_values(model, flag_values)
-    self.train_batch_size = model.train_batch_size(flag_values)
+    self.config = config
+    self.model_flags = model_flags  # the model's own flags, recorded in flags.json
+    self.stop = run_control.GracefulStop()  # unless entered, signals act as usual
     self.throughput = Throughput()
-    npu_opts = npu_options(flag_values)
-    config = run_config_lib.build_run_config(backend, run_options(flag_values), npu_opts)
-    params = dict(model.params(flag_values))
-    params["loss_scale"] = precision.resolve_loss_scale(flag_values.loss_scale, backend,
-                                                        flag_values.precision_mode)
-    params["compute_dtype"] = precision.compute_dtype(backend, flag_values.precision_mode)
-    logging.info("model=%s device=%s precision_mode=%s (runs as %s) loss_scale=%s",
-                 model.name, backend.device, flag_values.precision_mode,
-                 params["compute_dtype"], params["loss_scale"])
+    logging.info("model=%s device=%s runs as %s, loss scale %s; %r", model.name,
+                 backend.device, config.compute_dtype, config.loss_scale, config)
     self.estimator = estimator_lib.create_estimator(
-        model.model_fn, config, params,
-        train_batch_size=self.train_batch_size,
-        eval_batch_size=flag_values.eval_batch_size,
-        predict_batch_size=flag_values.predict_batch_size, backend=backend)
+        self._model_fn, run_config_lib.build_run_config(backend, run_opts, npu_opts),
+        train_batch_size=config.train_batch_size, eval_batch_size=config.eval_batch_size,
+        predict_batch_size=config.predict_batch_size, backend=backend)
+
+  def _model_fn(self, features, labels, mode, params):
+    """The model's model_fn with the Config and this mode's batch size."""
+    return self.model.model_fn(features, labels, mode,
+                               self.config.replace(batch_size=params["batch_size"]))
 
   def global_step(self):
-    latest = tf.train.latest_checkpoint(self.flags.model_dir)
+    latest = tf.train.latest_checkpoint(self.config.model_dir)
     if not latest:
       return 0
     return int(tf.train.load_variable(latest, tf.GraphKeys.GLOBAL_STEP))
 
   def compatibility_hook(self, checkpoint_path=None):
-    return checkpoints.CompatibilityHook(checkpoint_path, self.flags.model_dir,
+    return checkpoints.CompatibilityHook(checkpoint_path, self.config.model_dir,
                                          self.model_flags)
 
-  def train(self, max_steps):
+  def train(self, max_steps, extra_hooks=()):
+    """Trains to `max_steps`; returns the seconds. `extra_hooks`: e.g. a benchmark's timer."""
     divergence = checkpoints.DivergenceHook()
-    hooks = [ExamplesPerSecondHook(self.train_batch_size, self.flags.log_step_count_steps,
-                                   self.flags.model_dir, self.throughput),
-             self.stop.hook(), divergence, self.compatibility_hook()]
+    hooks = [ExamplesPerSecondHook(self.config.train_batch_size,
+                                   self.config.log_step_count_steps, self.config.model_dir,
+                                   self.throughput),
+             self.stop.hook(), divergence, self.compatibility_hook()] + list(extra_hooks)
     start = time.time()
-    input_fn = self.model.input_fn(self.flags, tf.estimator.ModeKeys.TRAIN)
+    input_fn = self.model.input_fn(self.config, tf.estimator.ModeKeys.TRAIN)
     try:
       run_reading(input_fn, lambda: self.estimator.train(
           input_fn, max_steps=max_steps, hooks=hooks,
-          saving_listeners=[checkpoints.FiniteWeightsListener()]), self.flags)
+          saving_listeners=[checkpoints.FiniteWeightsListener()]), self.config)
     except tf.train.NanLossDuringTrainingError:
-      raise divergence.error(self.flags.model_dir)
+      raise divergence.error(self.config.model_dir)
     self.stop.check()
     return time.time() - start
 
-  def evaluate(self, checkpoint_path=None):
-    input_fn = self.model.input_fn(self.flags, tf.estimator.ModeKeys.EVAL)
+  def evaluate(self, checkpoint_path=None, extra_hooks=()):
+    input_fn = self.model.input_fn(self.config, tf.estimator.ModeKeys.EVAL)
+    hooks = [self.stop.hook(), self.compatibility_hook(checkpoint_path)] + list(extra_hooks)
     try:
       results = run_reading(input_fn, lambda: self.estimator.evaluate(
-          input_fn, steps=self.model.eval_steps(self.flags), checkpoint_path=checkpoint_path,
-          hooks=[self.stop.hook(), self.compatibility_hook(checkpoint_path)]), self.flags)
+          input_fn, steps=self.config.eval_steps, checkpoint_path=checkpoint_path,
+          hooks=hooks), self.config)
     except estimator_lib.EmptyEvaluationError:
       self.stop.check()  # a stopped evaluation counted nothing: that is no data error
       raise DataError("the evaluation saw no examples (--eval_batch_size=%d, --eval_steps=%s): "
                       "the evaluation data is smaller than one batch or empty; no result "
-                      "reported" % (self.flags.eval_batch_size, self.flags.eval_steps))
+                      "reported" % (self.config.eval_batch_size, self.config.eval_steps))
     self.stop.check()
     logging.info("Evaluation results: %s", results)
-    summary = self.model.summarize(results, self.flags)
+    summary = self.model.summarize(results, self.config)
     if summary:
       print(summary, flush=True)
     return results
 
   def throughput_metrics(self):
     """{"examples_per_sec": ...} of the training so far (logged), or {} if none ran."""
-    examples_per_sec = self.throughput.examples_per_sec(self.train_batch_size)
+    batch_size = self.config.train_batch_size
+    examples_per_sec = self.throughput.examples_per_sec(batch_size)
     if examples_per_sec is None:
       return {}
     steps, seconds, steady = self.throughput.measured()
     logging.info("Training throughput: %.1f examples/sec (%d steps of %d examples in %.3f s, "
-                 "%s)", examples_per_sec, steps, self.train_batch_size, seconds,
+                 "%s)", examples_per_sec, steps, batch_size, seconds,
                  "leaving out the first step of each training call" if steady else
                  "the first step included: no training call ran more than one")
     return {"examples_per_sec": examples_per_sec}
 
   def run_train(self):
-    seconds = self.train(self.model.train_steps(self.flags))
+    seconds = self.train(self.config.train_steps)
     self.export()
     return dict(self.throughput_metrics(), mode="train", global_step=self.global_step(),
                 train_seconds=seconds)
 
   def run_train_and_eval(self):
-    total = self.model.train_steps(self.flags)
-    interval = self.model.steps_per_eval(self.flags)
+    total, interval = self.config.train_steps, self.config.steps_per_eval
     step = self.global_step()
     results, seconds = {}, 0.0
     while step < total or not results:
@@ -521,31 +568,30 @@ class Runner(object):
                 **self.throughput_metrics())
 
   def run_eval(self):
-    return dict(self.evaluate(checkpoint_to_read(self.flags)), mode="eval")
+    return dict(self.evaluate(checkpoint_to_read(self.config)), mode="eval")
 
   def run_continuous_eval(self):
     results, evaluated = {}, None
-    total = self.model.train_steps(self.flags)
-    for path in tf.train.checkpoints_iterator(self.flags.model_dir,
-                                              timeout=self.flags.eval_timeout):
+    model_dir = self.config.model_dir
+    for path in tf.train.checkpoints_iterator(model_dir, timeout=self.config.eval_timeout):
       try:
         checkpoints.verify(path)
       except checkpoints.CheckpointError as error:
         logging.warning("%s; evaluating the newest intact checkpoint instead", error)
-        path, _ = checkpoints.newest_intact(self.flags.model_dir)
+        path, _ = checkpoints.newest_intact(model_dir)
         if path is None or path == evaluated:
           continue
       results, evaluated = self.evaluate(path), path
-      if results.get("global_step", 0) >= total:
+      if results.get("global_step", 0) >= self.config.train_steps:
         break
     if not results:
-      logging.warning("continuous_eval: no new checkpoint within %ds", self.flags.eval_timeout)
+      logging.warning("continuous_eval: no new checkpoint within %ds", self.config.eval_timeout)
     return dict(results, mode="continuous_eval")
 
   def run_predict(self):
-    path = predictions_path(self.flags)
-    checkpoint_path = checkpoint_to_read(self.flags)
-    input_fn = self.model.input_fn(self.flags, tf.estimator.ModeKeys.PREDICT)
+    path = self.config.predictions_file
+    checkpoint_path = checkpoint_to_read(self.config)
+    input_fn = self.model.input_fn(self.config, tf.estimator.ModeKeys.PREDICT)
 
     def write_predictions():
       count = 0
@@ -558,93 +604,105 @@ class Runner(object):
       tf.gfile.Rename(path + ".tmp", path, overwrite=True)
       return count
 
-    count = run_reading(input_fn, write_predictions, self.flags)
+    count = run_reading(input_fn, write_predictions, self.config)
     logging.info("Wrote %d predictions to %s", count, path)
     return {"mode": "predict", "predictions": count, "predictions_file": path}
 
   def export(self):
-    serving_fn = self.model.serving_input_receiver_fn(self.flags)
-    if not self.flags.export_dir or serving_fn is None:
+    serving_fn = self.model.serving_input_receiver_fn(self.config)
+    if not self.config.export_dir or serving_fn is None:
       return None
-    path = self.estimator.export_saved_model(self.flags.export_dir, serving_fn)
+    path = self.estimator.export_saved_model(self.config.export_dir, serving_fn)
     path = path.decode() if isinstance(path, bytes) else path
     logging.info("Exported SavedModel to %s", path)
     return path
 
   def run(self):
-    return getattr(self, "run_" + self.flags.mode)()
+    """Runs the mode (training ones under the signal handler and the model_dir lock),
+    prints the final metrics line and returns the metrics."""
+    prepare_output_folders(self.config)
+    mode = self.config.mode
+    if mode not in ("train", "train_and_eval"):  # signals act as usual
+      metrics = getattr(self, "run_" + mode)()
+    else:
+      with self.stop, run_control.TrainingLock(self.config.model_dir):
+        if not checkpoints.set_aside_corrupt(self.config.model_dir):
+          checkpoints.write_flags(self.config.model_dir, self.model_flags)
+        try:
+          metrics = getattr(self, "run_" + mode)()
+        except run_control.Interrupted as interrupted:
+          print_final_metrics({"mode": mode, "global_step": self.global_step(),
+                               "interrupted": interrupted.signal_name})
+          raise
+    key, meaning = self.model.headline_metric
+    if key in metrics:
+      metrics = dict(metrics, headline_metric=key, headline_meaning=meaning)
+    print_final_metrics(metrics)
+    return metrics
 
 
-def run(model, flag_values):
-  """Validates everything, then runs `flag_values.mode`; returns the final metrics."""
+def build_runner(model, flag_values):
+  """Validates every flag and input, then builds the run's Runner (nothing is written)."""
   check_common_flags(flag_values)
-  validation.check_npu_options(npu_options(flag_values))
+  npu_opts = npu_options(flag_values)
+  validation.check_npu_options(npu_opts)
   backend = backend_lib.select_backend(flag_values.device)
-  try:
-    model.validate_flags(flag_values)
-    model.check_inputs(flag_values)  # the last check: it may build a data cache
-  except ValueError as e:
-    raise validation.ConfigError(str(e))
+  config = configure(model, flag_values, backend)
   backend_lib.activate(backend)
-  stop = run_control.GracefulStop()
-  runner = Runner(model, flag_values, backend, stop)
-  prepare_output_folders(flag_values)
-  if flag_values.mode not in ("train", "train_and_eval"):  # signals act as usual
-    metrics = runner.run()
-  else:
-    with stop, run_control.TrainingLock(flag_values.model_dir):
-      if not checkpoints.set_aside_corrupt(flag_values.model_dir):
-        checkpoints.write_flags(flag_values.model_dir, runner.model_flags)
-      try:
-        metrics = runner.run()
-      except run_control.Interrupted as interrupted:
-        print_final_metrics({"mode": flag_values.mode, "global_step": runner.global_step(),
-                             "interrupted": interrupted.signal_name})
-        raise
-  key, meaning = model.headline_metric
-  if key in metrics:
-    metrics = dict(metrics, headline_metric=key, headline_meaning=meaning)
-  print_final_metrics(metrics)
-  return metrics
+  model_flags = registry.values_of(model.flags, flag_values)
+  return Runner(model, config, backend, npu_opts, run_options(flag_values), model_flags)
 
 
-# Names of each model's own flags, as defined (the architecture a checkpoint depends on).
-_MODEL_FLAG_NAMES = {}
+_BASE_DEFAULTS = {}  # run-loop flag -> its default before any model changed it
 
 
 def define_flags(model_name):
-  """Defines the common flags and those of `model_name`, once per process; returns the
-  model."""
+  """Defines the run loop's flags and those of `model_name` (each once per process) and
+  sets the model's defaults of run-loop flags; returns the model."""
   model = registry.get(model_name)
   if "mode" not in FLAGS:
-    define_common_flags()
-  if model_name not in _MODEL_FLAG_NAMES:
-    defined = set(FLAGS)
-    model.define_flags()
-    _MODEL_FLAG_NAMES[model_name] = sorted(set(FLAGS) - defined)
+    registry.define_flags(RUN_FLAGS)
+    _BASE_DEFAULTS.update((flag.name, flag.default) for flag in RUN_FLAGS)
+  registry.define_flags(model.flags)
+  for alias, original in model.run_flag_aliases.items():
+    if alias not in FLAGS:
+      flags.DEFINE_alias(alias, original)
+  if model.tf2_seed_flags:
+    define_tf2_seed_flags()
+  # Another model of this process may have changed a default, or defined a flag of the
+  # same name (image_size, num_classes) with its own: start from this model's.
+  own_defaults = {flag.name: flag.default for flag in model.flags}
+  for name, default in dict(_BASE_DEFAULTS, **dict(own_defaults,
+                                                   **model.run_flag_defaults)).items():
+    if FLAGS[name].default != default:
+      FLAGS.set_default(name, default)
   return model
 
 
-def model_flag_values(model, flag_values):
-  """{name: value} of the model's own flags (recorded in the model_dir's flags.json)."""
-  return {name: flag_values[name].value for name in _MODEL_FLAG_NAMES.get(model.name, ())
-          if name in flag_values}
-
-
 def parse_flags(model_name, argv):
-  """Defines (once per process) and parses the flags of `model_name`; returns
-  (model, FLAGS). For tests and benchmarks that run the loop in-process."""
+  """Defines and parses the flags of `model_name`; returns (model, FLAGS)."""
   model = define_flags(model_name)
   FLAGS.unparse_flags()
+  # An absl alias keeps the default its flag had when the alias was defined (by this model
+  # or another), and unparsing the alias writes that into the flag: reset the flags after.
+  for name in list(_BASE_DEFAULTS) + [flag.name for flag in model.flags]:
+    FLAGS[name].unparse()
   FLAGS([model_name] + list(argv))
   return model, FLAGS
 
 
-def declare_key_flags(model_name):
+def prepare(model_name, argv):
+  """The in-process entry point (tests, benchmarks): flags parsed from `argv`, everything
+  validated, the Runner built; `runner.run()` runs the mode as `<model>.py` would."""
+  model, flag_values = parse_flags(model_name, argv)
+  return build_runner(model, flag_values)
+
+
+def declare_key_flags(model):
   """Makes the run loop's and the model's flags key flags of the main module: absl's
   --help lists only those (the rest, TensorFlow's and absl's own, is in --helpfull)."""
-  names = [flag.name for flag in FLAGS.get_flags_for_module(__name__)]
-  for name in names + _MODEL_FLAG_NAMES[model_name]:
+  names = [flag.name for flag in FLAGS.get_flags_for_module(__name__)]  # seed names
+  for name in names + [flag.name for flag in RUN_FLAGS + tuple(model.flags)]:
     FLAGS.register_key_flag_for_module(sys.argv[0], FLAGS[name])
 
 
@@ -663,7 +721,7 @@ def silence_deprecation_warnings():
 def main(model_name):
   """Entry point of `<model>.py` scripts: defines flags, parses argv, runs."""
   model = define_flags(model_name)
-  declare_key_flags(model_name)
+  declare_key_flags(model)
 
   def _main(argv):
     if len(argv) > 1:
@@ -673,7 +731,7 @@ def main(model_name):
     tf.logging.set_verbosity(tf.logging.INFO)
     tf.get_logger().propagate = False  # TF's own handler prints it; absl would print it again
     try:
-      run(model, FLAGS)
+      build_runner(model, FLAGS).run()
     except (validation.ConfigError, backend_lib.BackendError, DataError, DiskFullError,
             run_control.LockedError, checkpoints.CheckpointError,
             checkpoints.DivergedError) as e:

@@ -1,4 +1,4 @@
-"""Fashion-MNIST for ProtoAttend: IDX reader, IDX -> TFRecord builder, Estimator input_fns.
+"""Fashion-MNIST for ProtoAttend: IDX reader, the run's TFRecord cache, Estimator input_fns.
 
 Why TFRecords (and not the decoded arrays straight into tf.data): the arrays would become
 graph constants (47 MB for the training images), and the Estimator writes its graph into
@@ -7,6 +7,7 @@ whole input pipeline inside tf.data (so it runs on the host side of an NPU data 
 no py_func) and are what the issue asks for. The files are built once from the official IDX
 .gz files (about 2 s) into a cache directory and reused; a manifest records which IDX files
 they came from, so a changed source is rebuilt instead of silently reused.
+`python -m tools.build_fashion_mnist_tfrecords IDX_DIR OUTPUT_DIR` builds them ahead of time.
 
 Every record holds the raw 28x28 uint8 image, its label, its stable id (the index of the
 image in its IDX file, which is how prototypes are reported) and `is_ood`. Batches are
@@ -259,29 +260,45 @@ def ensure_tfrecords(data_dir, cache_dir, include_ood=True):
   return build_tfrecords(data_dir, cache_dir, include_ood)
 
 
+def _manifest_counts(tfrecord_dir):
+  """{split: records} of the folder's manifest ({} without one)."""
+  path = os.path.join(tfrecord_dir, MANIFEST)
+  if not os.path.isfile(path):
+    return {}
+  with open(path) as f:
+    return json.load(f).get("counts", {})
+
+
+def _release_size(split):
+  return OOD_SIZE if split == "ood" else SPLIT_SIZES[split]
+
+
+def _splits(include_ood):
+  return ["train", "test"] + (["ood"] if include_ood else [])
+
+
 def split_size(tfrecord_dir, split):
   """Number of records of `split`, from the manifest when there is one."""
-  path = os.path.join(tfrecord_dir, MANIFEST)
-  if os.path.isfile(path):
-    with open(path) as f:
-      counts = json.load(f).get("counts", {})
-    if split in counts:
-      return counts[split]
-  return OOD_SIZE if split == "ood" else SPLIT_SIZES[split]
+  return _manifest_counts(tfrecord_dir).get(split, _release_size(split))
+
+
+def record_counts(data_dir, include_ood=True):
+  """{split: records} of the TFRecords a run reads from `data_dir`, known before any
+  build: the manifest's counts when data_dir holds the TFRecords, else the release's
+  sizes, the only ones ensure_tfrecords accepts from the IDX files."""
+  listed = _manifest_counts(data_dir) if has_tfrecords(data_dir, include_ood) else {}
+  return {split: listed.get(split, _release_size(split)) for split in _splits(include_ood)}
 
 
 def check_record_counts(tfrecord_dir, include_ood=True):
   """Fails (one line naming the file) unless each TFRecord file holds split_size() records:
   a file cut at a record boundary reads as a shorter, valid file (record_checks.py)."""
   manifest = os.path.join(tfrecord_dir, MANIFEST)
-  listed = {}
-  if os.path.isfile(manifest):
-    with open(manifest) as f:
-      listed = json.load(f).get("counts", {})
-  for split in ["train", "test"] + (["ood"] if include_ood else []):
+  listed = _manifest_counts(tfrecord_dir)
+  for split in _splits(include_ood):
     record_checks.check_files(
         [record_checks.Expected(os.path.join(tfrecord_dir, TFRECORD_FILES[split]),
-                                split_size(tfrecord_dir, split), None)],
+                                listed.get(split, _release_size(split)), None)],
         manifest if split in listed else "the Fashion-MNIST release")
 
 
@@ -311,22 +328,22 @@ def _records(tfrecord_dir, split):
   return tf.data.TFRecordDataset(os.path.join(tfrecord_dir, TFRECORD_FILES[split]))
 
 
-def _train_candidates(tfrecord_dir, cand_size):
-  records = _records(tfrecord_dir, "train").shuffle(split_size(tfrecord_dir, "train"))
+def _train_candidates(tfrecord_dir, cand_size, train_size):
+  records = _records(tfrecord_dir, "train").shuffle(train_size)
   return records.repeat().batch(cand_size, drop_remainder=True).map(parse_batch)
 
 
 def fixed_candidate_ids(cand_size, seed, train_size=SPLIT_SIZES["train"]):
   """The sorted training-set ids of the fixed evaluation candidate database."""
   if not 0 < cand_size <= train_size:
-    raise ValueError("eval_cand_size=%d must lie in [1, %d]" % (cand_size, train_size))
+    raise ValueError("--eval_cand_size=%d must lie in [1, %d] (the training images)"
+                     % (cand_size, train_size))
   rng = np.random.RandomState(seed)
   return np.sort(rng.choice(train_size, cand_size, replace=False)).astype(np.int32)
 
 
-def _fixed_candidates(tfrecord_dir, cand_size, seed):
+def _fixed_candidates(tfrecord_dir, cand_size, seed, train_size):
   """One batch of the fixed candidates (eval preprocessing), repeated every step."""
-  train_size = split_size(tfrecord_dir, "train")
   chosen = np.zeros([train_size], np.bool_)
   chosen[fixed_candidate_ids(cand_size, seed, train_size)] = True
 
@@ -363,18 +380,18 @@ def _pad_batch(batch, batch_size):
   return out
 
 
-def _interleaved_eval_records(tfrecord_dir, include_ood):
-  """Test records, with the OOD digits spread evenly among them (deterministic order).
+def _interleaved_eval_records(tfrecord_dir, counts):
+  """Test records, with the OOD digits (when `counts` has them) spread evenly among them
+  (deterministic order).
 
   Spreading (instead of appending) keeps a partial evaluation (--eval_steps) meaningful
   for the OOD AUROC.
   """
   test = _records(tfrecord_dir, "test")
-  if not include_ood:
+  if "ood" not in counts:
     return test
-  num_test = split_size(tfrecord_dir, "test")
-  num_ood = split_size(tfrecord_dir, "ood")
-  total = num_test + num_ood
+  num_ood = counts["ood"]
+  total = counts["test"] + num_ood
 
   def _choice(i):  # 1 when the OOD count of the first i+1 records grows
     return (i + 1) * num_ood // total - i * num_ood // total
@@ -395,8 +412,39 @@ def _merge(queries, cands):
   return features
 
 
+def _train_dataset(tfrecord_dir, batch_size, example_cand_size, in_batch_candidates,
+                   train_size):
+  """Shuffled, augmented query batches, each with a fresh candidate batch unless
+  in_batch_candidates."""
+  queries = _records(tfrecord_dir, "train").shuffle(train_size).repeat()
+  queries = queries.batch(batch_size, drop_remainder=True).map(parse_batch)
+  if in_batch_candidates:
+    return queries.map(lambda q: _split_labels(_train_query(q)))
+  cands = _train_candidates(tfrecord_dir, example_cand_size, train_size).map(
+      lambda c: _candidate_features(c, lambda x: _train_preprocess(
+          x, CANDIDATE_AUGMENT_SEED)))
+  return tf.data.Dataset.zip((queries, cands)).map(
+      lambda q, c: _split_labels(_merge(_train_query(q), c)), num_parallel_calls=2)
+
+
+def _eval_dataset(tfrecord_dir, mode, batch_size, eval_cand_size, eval_cand_seed, counts):
+  """One pass over the test set (+ OOD digits), each batch with the fixed candidates;
+  EVAL pads the last batch, PREDICT yields features only."""
+  predict = mode == tf.estimator.ModeKeys.PREDICT
+  queries = _interleaved_eval_records(tfrecord_dir, counts).batch(batch_size)
+  queries = queries.map(parse_batch)
+  if not predict:
+    queries = queries.map(lambda b: _pad_batch(b, batch_size))
+  cands = _fixed_candidates(tfrecord_dir, eval_cand_size, eval_cand_seed, counts["train"])
+  dataset = tf.data.Dataset.zip((queries, cands)).map(
+      lambda q, c: _split_labels(_merge(_eval_query(q), c)))
+  if predict:
+    dataset = dataset.map(lambda features, labels: features)
+  return dataset
+
+
 def make_input_fn(tfrecord_dir, mode, example_cand_size, eval_cand_size, eval_cand_seed,
-                  include_ood=True, in_batch_candidates=False):
+                  include_ood=True, in_batch_candidates=False, counts=None):
   """Returns input_fn(params) -> Dataset of (features, labels) for a tf.estimator mode.
 
   TRAIN repeats forever over shuffled, augmented training images with a fresh candidate
@@ -404,39 +452,22 @@ def make_input_fn(tfrecord_dir, mode, example_cand_size, eval_cand_size, eval_ca
   include_ood, the OOD digits), each step carrying the fixed candidate database. EVAL pads
   the last batch to a whole one (static shapes; padding has weight 0); PREDICT yields
   features only and does not pad: one prediction per example. With in_batch_candidates,
-  TRAIN features carry no candidates (the model uses the batch).
+  TRAIN features carry no candidates (the model uses the batch). `counts`: record_counts()
+  of the run (default: read from tfrecord_dir now).
   """
-  modes = tf.estimator.ModeKeys
+  counts = counts or record_counts(tfrecord_dir, include_ood)
 
   def input_fn(params):
-    batch_size = params["batch_size"]
-    if mode == modes.TRAIN:
-      queries = _records(tfrecord_dir, "train").shuffle(
-          split_size(tfrecord_dir, "train")).repeat()
-      queries = queries.batch(batch_size, drop_remainder=True).map(parse_batch)
-      if in_batch_candidates:
-        return queries.map(lambda q: _split_labels(_train_query(q))).prefetch(2)
-      cands = _train_candidates(tfrecord_dir, example_cand_size).map(
-          lambda c: _candidate_features(c, lambda x: _train_preprocess(
-              x, CANDIDATE_AUGMENT_SEED)))
-      dataset = tf.data.Dataset.zip((queries, cands)).map(
-          lambda q, c: _split_labels(_merge(_train_query(q), c)),
-          num_parallel_calls=2)
+    if mode == tf.estimator.ModeKeys.TRAIN:
+      dataset = _train_dataset(tfrecord_dir, params["batch_size"], example_cand_size,
+                               in_batch_candidates, counts["train"])
     else:
-      queries = _interleaved_eval_records(tfrecord_dir, include_ood).batch(batch_size)
-      queries = queries.map(parse_batch)
-      if mode != modes.PREDICT:
-        queries = queries.map(lambda b: _pad_batch(b, batch_size))
-      cands = _fixed_candidates(tfrecord_dir, eval_cand_size, eval_cand_seed)
-      dataset = tf.data.Dataset.zip((queries, cands)).map(
-          lambda q, c: _split_labels(_merge(_eval_query(q), c)))
-      if mode == modes.PREDICT:
-        dataset = dataset.map(lambda features, labels: features)
+      dataset = _eval_dataset(tfrecord_dir, mode, params["batch_size"], eval_cand_size,
+                              eval_cand_seed, counts)
     return dataset.prefetch(2)
 
   # The files it reads, so that a record found corrupt while running is named (run_loop).
-  splits = ["train"] if mode == modes.TRAIN else ["train", "test"] + (
-      ["ood"] if include_ood else [])
+  splits = ["train"] if mode == tf.estimator.ModeKeys.TRAIN else _splits(include_ood)
   input_fn.files = [os.path.join(tfrecord_dir, TFRECORD_FILES[s]) for s in splits]
   return input_fn
 
@@ -461,16 +492,3 @@ def _split_labels(features):
   features = dict(features)
   labels = features.pop("label")
   return features, labels
-
-
-def main(argv):
-  """CLI: python -m input_fns.fashion_mnist IDX_DIR OUTPUT_DIR  (builds the TFRecords)."""
-  if len(argv) != 3:
-    raise SystemExit("usage: python -m input_fns.fashion_mnist IDX_DIR OUTPUT_DIR")
-  out = build_tfrecords(argv[1], argv[2])
-  print("wrote", ", ".join(os.path.join(out, f) for f in sorted(os.listdir(out))))
-
-
-if __name__ == "__main__":
-  import sys  # pylint: disable=g-import-not-at-top
-  main(sys.argv)

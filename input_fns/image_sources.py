@@ -21,7 +21,6 @@ import tensorflow.compat.v1 as tf
 from input_fns import imagenet
 from input_fns import record_checks
 from input_fns import tfds_layout
-from migration import backend as backend_lib
 from preprocessing import transfer
 
 
@@ -31,6 +30,9 @@ class TfdsSource(object):
     self.dataset = tfds_dataset
     self.class_names = tfds_dataset.class_names()
     self.num_classes = len(self.class_names)
+
+  def __repr__(self):
+    return "TfdsSource(%r)" % self.dataset.path
 
   def num_examples(self, split):
     return self.dataset.num_examples(split)
@@ -71,6 +73,9 @@ class ImageFolderSource(object):
       with tf.io.gfile.GFile(labels_path) as f:
         self.class_names = [line.strip() for line in f if line.strip()]
     self.num_classes = len(self.class_names) if self.class_names else self.IMAGENET_CLASSES
+
+  def __repr__(self):
+    return "ImageFolderSource(%r)" % self.data_dir
 
   def files(self, split):
     if split not in self.SPLITS:
@@ -118,26 +123,7 @@ class ImageFolderSource(object):
     return parsed["image/encoded"], imagenet.example_id(parsed["image/filename"], key)
 
 
-def build_input_fn(source, split, is_training, preprocess_fn, mixup_alpha=0.0,
-                   shuffle_buffer=10000, seed=None, drop_remainder=None, predict=False):
-  """input_fn(params, input_context=None) -> Dataset of ({"image": images}, labels).
-
-  images: float32 [B, size, size, 3] (preprocess_fn(encoded) gives one image); labels:
-  int32 [B], or float32 one-hot [B, num_classes] mixed by MixUp when `mixup_alpha` > 0.
-  Training repeats forever. Evaluation reads the split once; it drops the last partial
-  batch only on the NPU (static shapes) unless `drop_remainder` says otherwise.
-  `predict` reads the split once into features {"image": images, "id": [B] strings} (the
-  record's file name, else its TFDS id), without labels and keeping the last partial
-  batch: one prediction per example.
-  The returned function has attribute `files` (what it reads, so that the run loop can
-  name a corrupt one).
-  """
-  if mixup_alpha and mixup_alpha < 0:
-    raise ValueError("mixup alpha must be >= 0, got %r" % mixup_alpha)
-  source.check_split(split)
-  if drop_remainder is None:
-    drop_remainder = is_training or backend_lib.current().is_npu
-
+def _predict_input_fn(source, split, preprocess_fn):
   def predict_input_fn(params, input_context=None):
     num_workers, worker_index = imagenet.worker_shard(input_context)
     dataset = source.records(split, num_workers, worker_index, with_keys=True)
@@ -150,8 +136,20 @@ def build_input_fn(source, split, is_training, preprocess_fn, mixup_alpha=0.0,
                           num_parallel_calls=tf.data.experimental.AUTOTUNE)
     return dataset.batch(params["batch_size"]).prefetch(tf.data.experimental.AUTOTUNE)
 
+  return predict_input_fn
+
+
+def _mixup(num_classes, alpha):
+  def mix(features, labels):
+    images, soft_labels = transfer.mixup(features["image"], tf.one_hot(labels, num_classes),
+                                         alpha)
+    return {"image": images}, soft_labels
+  return mix
+
+
+def _labelled_input_fn(source, split, is_training, preprocess_fn, mixup_alpha,
+                       shuffle_buffer, seed, drop_remainder):
   def input_fn(params, input_context=None):
-    batch_size = params["batch_size"]
     num_workers, worker_index = imagenet.worker_shard(input_context)
     dataset = source.records(split, num_workers, worker_index)
     if is_training:
@@ -163,15 +161,35 @@ def build_input_fn(source, split, is_training, preprocess_fn, mixup_alpha=0.0,
 
     dataset = dataset.map(_parse_and_preprocess,
                           num_parallel_calls=tf.data.experimental.AUTOTUNE)
-    dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
+    dataset = dataset.batch(params["batch_size"], drop_remainder=drop_remainder)
     if is_training and mixup_alpha:
-      def _mixup(features, labels):
-        images, soft_labels = transfer.mixup(
-            features["image"], tf.one_hot(labels, source.num_classes), mixup_alpha)
-        return {"image": images}, soft_labels
-      dataset = dataset.map(_mixup, num_parallel_calls=tf.data.experimental.AUTOTUNE)
+      dataset = dataset.map(_mixup(source.num_classes, mixup_alpha),
+                            num_parallel_calls=tf.data.experimental.AUTOTUNE)
     return dataset.prefetch(tf.data.experimental.AUTOTUNE)
 
-  chosen = predict_input_fn if predict else input_fn
-  chosen.files = source.files(split)
-  return chosen
+  return input_fn
+
+
+def build_input_fn(source, split, is_training, preprocess_fn, mixup_alpha=0.0,
+                   shuffle_buffer=10000, seed=None, fixed_batch_shapes=False, predict=False):
+  """input_fn(params, input_context=None) -> Dataset of ({"image": images}, labels).
+
+  images: float32 [B, size, size, 3] (preprocess_fn(encoded) gives one image); labels:
+  int32 [B], or float32 one-hot [B, num_classes] mixed by MixUp when `mixup_alpha` > 0.
+  Training repeats forever in full batches. Evaluation reads the split once; it drops the
+  last partial batch only with `fixed_batch_shapes` (the run's config.fixed_batch_shapes:
+  on the NPU every batch keeps one shape).
+  `predict` reads the split once into features {"image": images, "id": [B] strings} (the
+  record's file name, else its TFDS id), without labels and keeping the last partial
+  batch: one prediction per example.
+  The returned function has attribute `files` (what it reads, so that the run loop can
+  name a corrupt one).
+  """
+  source.check_split(split)
+  if predict:
+    input_fn = _predict_input_fn(source, split, preprocess_fn)
+  else:
+    input_fn = _labelled_input_fn(source, split, is_training, preprocess_fn, mixup_alpha,
+                                  shuffle_buffer, seed, is_training or fixed_batch_shapes)
+  input_fn.files = source.files(split)
+  return input_fn

@@ -264,35 +264,31 @@ def build_input_fn(data_dir, is_training, image_size, num_label_classes=1001,
                    use_fast_color_distort=True, cb_distortion_range=0.1,
                    cr_distortion_range=0.1, synthetic=False, label_offset=0,
                    fast_mode=True, shuffle_buffer=DEFAULT_SHUFFLE_BUFFER, cycle_length=None,
-                   drop_remainder=True, seed=None, check_records=False,
+                   drop_remainder=None, seed=None, check_records=False,
                    synthetic_eval_batches=10, predict=False):
   """Returns input_fn(params, input_context=None) -> Dataset of (images, labels).
 
   images: float32 [B, image_size, image_size, 3] in [-1, 1]; labels: int32 [B] (the stored
-  label minus `label_offset`). B = params['batch_size'], per worker. Training repeats
-  forever; evaluation reads the validation split once. `drop_remainder` (default True, as
-  upstream; static shapes suit the NPU) makes evaluation skip the last partial batch.
-  `predict` reads the validation split once into features {"image": images, "id": [B]
-  strings (parse_unlabeled)}, without labels and keeping the last partial batch: one
-  prediction per record.
-  The returned function has attribute `files` (the shards; empty in synthetic mode).
+  label minus `label_offset`); B = params['batch_size'], per worker. Training repeats
+  forever; evaluation reads the validation split once; `predict` reads it once into
+  features {"image": images, "id": [B] strings (parse_unlabeled)}, without labels.
+  `drop_remainder`: evaluation and prediction skip the last partial batch (True: static
+  shapes, as the NPU needs); None: evaluation does, as upstream, and prediction keeps it
+  (one prediction per record). The function has attribute `files` (none if synthetic).
   """
   if image_size <= 0:
     raise ValueError("image_size must be positive, got %r" % (image_size,))
   if num_label_classes < 2:
     raise ValueError("num_label_classes must be >= 2, got %r" % (num_label_classes,))
-  if synthetic:
-    files = []
-    logging.warning("Input: SYNTHETIC data (random %dx%d images, %d classes); data_dir is "
-                    "ignored", image_size, image_size, num_label_classes)
-  else:
-    files = list_shards(data_dir, is_training)
-    check_label_file(data_dir, num_label_classes, label_offset)
-    if check_records:
-      counts = check_tfrecords(files)
-      logging.info("Checked %d shards: %d records", len(files), sum(counts.values()))
-    logging.info("Input: %d %s shards from %s", len(files),
-                 "training" if is_training else "validation", data_dir)
+  if drop_remainder is None:
+    drop_remainder = not predict
+  files = _input_files(data_dir, is_training, synthetic, image_size, num_label_classes,
+                       label_offset, check_records)
+
+  def parse(record):
+    return parse_record(record, is_training, image_size, num_label_classes, label_offset,
+                        use_fast_color_distort, cb_distortion_range, cr_distortion_range,
+                        fast_mode)
 
   def input_fn(params, input_context=None):
     batch_size = params["batch_size"]
@@ -302,25 +298,10 @@ def build_input_fn(data_dir, is_training, image_size, num_label_classes=1001,
     num_workers, worker_index = worker_shard(input_context)
     if predict:
       return _predict_dataset(files, image_size, fast_mode, batch_size, num_workers,
-                              worker_index)
-    dataset = tf.data.Dataset.from_tensor_slices(files)
-    shard_files = len(files) >= num_workers
-    if num_workers > 1 and shard_files:
-      dataset = dataset.shard(num_workers, worker_index)
-    worker_files = len(files) // num_workers if shard_files else len(files)
-    if is_training:
-      dataset = dataset.shuffle(len(files), seed=seed, reshuffle_each_iteration=True).repeat()
-    cycle = cycle_length or min(max(worker_files, 1), MAX_CYCLE_LENGTH, os.cpu_count() or 1)
-    dataset = _parallel_interleave(dataset, cycle, sloppy=is_training)
-    if num_workers > 1 and not shard_files:
-      dataset = dataset.shard(num_workers, worker_index)
-    if is_training:
-      dataset = dataset.shuffle(shuffle_buffer, seed=seed)
-    dataset = dataset.map(
-        lambda record: parse_record(
-            record, is_training, image_size, num_label_classes, label_offset,
-            use_fast_color_distort, cb_distortion_range, cr_distortion_range, fast_mode),
-        num_parallel_calls=tf.data.experimental.AUTOTUNE)
+                              worker_index, drop_remainder)
+    dataset = _worker_records(files, is_training, num_workers, worker_index,
+                              shuffle_buffer, cycle_length, seed)
+    dataset = dataset.map(parse, num_parallel_calls=tf.data.experimental.AUTOTUNE)
     dataset = dataset.batch(batch_size, drop_remainder=is_training or drop_remainder)
     dataset = dataset.prefetch(tf.data.experimental.AUTOTUNE)
     return _set_deterministic(dataset, deterministic=not is_training)
@@ -329,11 +310,51 @@ def build_input_fn(data_dir, is_training, image_size, num_label_classes=1001,
   return input_fn
 
 
-def _predict_dataset(files, image_size, fast_mode, batch_size, num_workers, worker_index):
+def _input_files(data_dir, is_training, synthetic, image_size, num_label_classes,
+                 label_offset, check_records):
+  """The split's shards, after the labels.txt check (and the CRC scan when asked); none
+  with synthetic data."""
+  if synthetic:
+    logging.warning("Input: SYNTHETIC data (random %dx%d images, %d classes); data_dir is "
+                    "ignored", image_size, image_size, num_label_classes)
+    return []
+  files = list_shards(data_dir, is_training)
+  check_label_file(data_dir, num_label_classes, label_offset)
+  if check_records:
+    counts = check_tfrecords(files)
+    logging.info("Checked %d shards: %d records", len(files), sum(counts.values()))
+  logging.info("Input: %d %s shards from %s", len(files),
+               "training" if is_training else "validation", data_dir)
+  return files
+
+
+def _worker_records(files, is_training, num_workers, worker_index, shuffle_buffer,
+                    cycle_length, seed):
+  """This worker's serialized records: its shards (or, with fewer shards than workers,
+  its share of the records), shuffled and repeated in training."""
+  dataset = tf.data.Dataset.from_tensor_slices(files)
+  shard_files = len(files) >= num_workers
+  if num_workers > 1 and shard_files:
+    dataset = dataset.shard(num_workers, worker_index)
+  worker_files = len(files) // num_workers if shard_files else len(files)
+  if is_training:
+    dataset = dataset.shuffle(len(files), seed=seed, reshuffle_each_iteration=True).repeat()
+  cycle = cycle_length or min(max(worker_files, 1), MAX_CYCLE_LENGTH, os.cpu_count() or 1)
+  dataset = _parallel_interleave(dataset, cycle, sloppy=is_training)
+  if num_workers > 1 and not shard_files:
+    dataset = dataset.shard(num_workers, worker_index)
+  if is_training:
+    dataset = dataset.shuffle(shuffle_buffer, seed=seed)
+  return dataset
+
+
+def _predict_dataset(files, image_size, fast_mode, batch_size, num_workers, worker_index,
+                     drop_remainder):
   """The records in shard order (each keyed by its TFDS-style id), eval-preprocessed."""
   dataset = tf.data.Dataset.from_tensor_slices(files).flat_map(tfds_layout.keyed_records)
   if num_workers > 1:
     dataset = dataset.shard(num_workers, worker_index)
   dataset = dataset.map(lambda record, key: parse_unlabeled(record, key, image_size, fast_mode),
                         num_parallel_calls=tf.data.experimental.AUTOTUNE)
-  return dataset.batch(batch_size).prefetch(tf.data.experimental.AUTOTUNE)
+  return dataset.batch(batch_size, drop_remainder=drop_remainder).prefetch(
+      tf.data.experimental.AUTOTUNE)

@@ -1,4 +1,5 @@
-"""PACS for MASF: split lists, a tfrecord builder, the episodic / evaluation / predict inputs.
+"""PACS for MASF: split lists, the episodic / evaluation / predict inputs, from the raw
+release or from the tfrecords tools/build_pacs_tfrecords.py writes.
 
 Layout of the release (see ../shared/data/README.md):
   <dataroot>/kfold/<domain>/<class>/<file>           227x227 JPEG (sketch: PNG)
@@ -13,23 +14,21 @@ listed twice, and (builder) missing or undecodable images. By default all proble
 reported together in one PacsDataError naming file:line; with skip_bad_lines they are
 dropped, counted and logged (and the builder records them in its summary json).
 
-Builder (decodes every image once with PIL to prove it readable, stores the original bytes):
-  python -m input_fns.pacs --dataroot=<pacs> --output_dir=<dir> [--skip_bad_lines]
-writes <dir>/pacs_<domain>_<split>.tfrecord and <dir>/pacs_summary.json, which records each
-file's examples ("counts") and size ("bytes"). A run checks every tfrecord it takes a count
-from against these before any graph (input_fns/record_checks.py): a file cut short is an
+Tfrecords (built by `python -m tools.build_pacs_tfrecords --dataroot=<pacs> --output_dir=<dir>`,
+which decodes every image once with PIL and stores the original bytes):
+<dir>/pacs_<domain>_<split>.tfrecord and <dir>/pacs_summary.json, which records each file's
+examples ("counts") and size ("bytes"). A run checks every tfrecord it takes a count from
+against these before any graph (input_fns/record_checks.py): a file cut short is an
 error naming it, not a run on part of the images.
 """
-import argparse
 import collections
-import io
 import json
 import logging
 import os
-import sys
 
 import tensorflow.compat.v1 as tf
 
+from input_fns import data_root
 from input_fns import record_checks
 from preprocessing import alexnet as alexnet_preprocessing
 
@@ -50,10 +49,8 @@ class PacsDataError(ValueError):
 
 
 def default_dataroot():
-  """$DATA_ROOT/pacs, else <repo>/../shared/data/pacs."""
-  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  data_root = os.environ.get("DATA_ROOT") or os.path.join(repo, "..", "shared", "data")
-  return os.path.normpath(os.path.join(data_root, "pacs"))
+  """<data root>/pacs: $DATA_ROOT/pacs, else <repo>/../shared/data/pacs."""
+  return os.path.join(data_root(), "pacs")
 
 
 def split_list_path(dataroot, domain, split):
@@ -68,7 +65,7 @@ def tfrecord_path(data_dir, domain, split):
   return os.path.join(data_dir, "pacs_%s_%s.tfrecord" % (domain, split))
 
 
-def _check_domain_split(domain, split):
+def check_domain_split(domain, split):
   if domain not in DOMAINS:
     raise PacsDataError("unknown PACS domain %r; expected one of %s" % (domain, ", ".join(DOMAINS)))
   if split not in SPLITS:
@@ -104,7 +101,8 @@ def parse_split_list(path, domain):
       relpath, label = fields[0], int(fields[1])
       parts = relpath.split("/")
       if not 1 <= label <= NUM_CLASSES:
-        problems.append("%s: label %d of %s is outside 1..%d" % (where, label, relpath, NUM_CLASSES))
+        problems.append("%s: label %d of %s is outside 1..%d"
+                        % (where, label, relpath, NUM_CLASSES))
         continue
       if len(parts) != 3 or parts[0] != domain:
         problems.append("%s: %s is not <%s>/<class>/<file>" % (where, relpath, domain))
@@ -128,7 +126,7 @@ def read_split_list(dataroot, domain, split, skip_bad_lines=False, check_files=T
 
   check_files also requires each listed image to exist (decodability is the builder's job).
   """
-  _check_domain_split(domain, split)
+  check_domain_split(domain, split)
   path = split_list_path(dataroot, domain, split)
   entries, problems = parse_split_list(path, domain)
   if check_files:
@@ -140,11 +138,11 @@ def read_split_list(dataroot, domain, split, skip_bad_lines=False, check_files=T
         problems.append("%s:%d: image %s does not exist"
                         % (path, entry.line, image_path(dataroot, entry.relpath)))
     entries = present
-  _resolve_problems(problems, skip_bad_lines, "bad line(s) in %s" % path)
+  resolve_problems(problems, skip_bad_lines, "bad line(s) in %s" % path)
   return entries
 
 
-def _resolve_problems(problems, skip_bad_lines, what):
+def resolve_problems(problems, skip_bad_lines, what):
   if not problems:
     return
   if not skip_bad_lines:
@@ -154,98 +152,11 @@ def _resolve_problems(problems, skip_bad_lines, what):
   _log.warning("skipping %s", _format_problems(problems, what))
 
 
-def _decode_with_pil(path):
-  """Returns (encoded bytes, height, width, format) or raises with the reason."""
-  from PIL import Image  # pylint: disable=g-import-not-at-top  (builder-only dependency)
-  with open(path, "rb") as f:
-    encoded = f.read()
-  with Image.open(io.BytesIO(encoded)) as image:
-    image.load()
-    if image.format not in ("JPEG", "PNG"):
-      raise ValueError("format %s is neither JPEG nor PNG" % image.format)
-    return encoded, image.size[1], image.size[0], image.format.lower()
-
-
-def _bytes_feature(value):
-  return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
-
-
-def _int_feature(value):
-  return tf.train.Feature(int64_list=tf.train.Int64List(value=[value]))
-
-
-def _example(encoded, height, width, image_format, label, relpath, domain):
-  return tf.train.Example(features=tf.train.Features(feature={
-      "image/encoded": _bytes_feature(encoded),
-      "image/format": _bytes_feature(image_format.encode()),
-      "image/height": _int_feature(height),
-      "image/width": _int_feature(width),
-      "image/class/label": _int_feature(label),
-      "image/class/text": _bytes_feature(CLASS_NAMES[label].encode()),
-      "image/domain": _bytes_feature(domain.encode()),
-      "image/filename": _bytes_feature(relpath.encode()),
-  }))
-
-
-def build_tfrecords(dataroot, output_dir, domains=DOMAINS, splits=SPLITS,
-                    skip_bad_lines=False, max_per_list=None):
-  """Writes pacs_<domain>_<split>.tfrecord (0-based labels) and pacs_summary.json.
-
-  All lists are validated and every image decoded (once per path) before anything is
-  written, so a bad release fails fast with every problem listed. max_per_list keeps the
-  first N good lines of each list (tests). Returns the summary dict.
-  """
-  for domain in domains:
-    for split in splits:
-      _check_domain_split(domain, split)
-  plans, problems, decoded = [], [], {}
-  for domain in domains:
-    for split in splits:
-      entries, list_problems = parse_split_list(split_list_path(dataroot, domain, split), domain)
-      problems.extend(list_problems)
-      good = []
-      for entry in entries:
-        if max_per_list is not None and len(good) >= max_per_list:
-          break
-        path = image_path(dataroot, entry.relpath)
-        if path not in decoded:
-          try:
-            decoded[path] = _decode_with_pil(path)
-          except (IOError, OSError, ValueError) as e:
-            decoded[path] = "%s: %s" % (type(e).__name__, e)
-        if isinstance(decoded[path], str):
-          problems.append("%s:%d: image %s is missing or unreadable (%s)"
-                          % (entry.list_file, entry.line, path, decoded[path]))
-        else:
-          good.append(entry)
-      plans.append((domain, split, good))
-  _resolve_problems(problems, skip_bad_lines, "bad line(s) in the PACS lists under %s"
-                    % os.path.join(dataroot, "splits"))
-
-  tf.io.gfile.makedirs(output_dir)
-  counts, sizes = {}, {}
-  for domain, split, entries in plans:
-    out = tfrecord_path(output_dir, domain, split)
-    with tf.io.TFRecordWriter(out) as writer:
-      for entry in entries:
-        encoded, height, width, image_format = decoded[image_path(dataroot, entry.relpath)]
-        writer.write(_example(encoded, height, width, image_format, entry.label,
-                              entry.relpath, domain).SerializeToString())
-    counts["%s_%s" % (domain, split)] = len(entries)
-    sizes["%s_%s" % (domain, split)] = os.path.getsize(out)
-    _log.info("wrote %d examples to %s", len(entries), out)
-  summary = {"dataroot": os.path.abspath(dataroot), "class_names": list(CLASS_NAMES),
-             "label_base": 0, "counts": counts, "bytes": sizes, "skipped_lines": problems}
-  with open(os.path.join(output_dir, SUMMARY_FILE), "w") as f:
-    json.dump(summary, f, indent=1)
-  return summary
-
-
 def read_summary(data_dir):
   path = os.path.join(data_dir, SUMMARY_FILE)
   if not os.path.isfile(path):
     raise PacsDataError("%s not found: --data_dir must hold PACS tfrecords written by "
-                        "`python -m input_fns.pacs --dataroot=... --output_dir=%s`"
+                        "`python -m tools.build_pacs_tfrecords --dataroot=... --output_dir=%s`"
                         % (path, data_dir))
   with open(path) as f:
     return json.load(f)
@@ -280,7 +191,7 @@ class PacsSource(object):
   def count(self, domain, split):
     """Examples of the list; with tfrecords, the summary's count, once the file is found to
     hold it (by its size first where the summary records one; older summaries do not)."""
-    _check_domain_split(domain, split)
+    check_domain_split(domain, split)
     if self.data_dir:
       key = "%s_%s" % (domain, split)
       summary_path = os.path.join(self.data_dir, SUMMARY_FILE)
@@ -431,32 +342,3 @@ def predict_dataset(source, domain_splits, image_size, batch_size):
       lambda encoded, label, name: {"images": _eval_image(encoded, image_size), "id": name},
       num_parallel_calls=_AUTOTUNE)
   return dataset.batch(batch_size).prefetch(1)
-
-
-def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--dataroot", default=default_dataroot(),
-                      help="PACS root holding kfold/ and splits/ (default: %(default)s)")
-  parser.add_argument("--output_dir", required=True)
-  parser.add_argument("--domains", default=",".join(DOMAINS))
-  parser.add_argument("--splits", default=",".join(SPLITS))
-  parser.add_argument("--skip_bad_lines", action="store_true",
-                      help="drop (and count) bad list lines instead of failing")
-  args = parser.parse_args(argv)
-  logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-  try:
-    summary = build_tfrecords(args.dataroot, args.output_dir,
-                              domains=[d for d in args.domains.split(",") if d],
-                              splits=[s for s in args.splits.split(",") if s],
-                              skip_bad_lines=args.skip_bad_lines)
-  except PacsDataError as e:
-    sys.stderr.write("error: %s\n" % e)
-    return 1
-  print("wrote %d tfrecord files to %s (%d images, %d bad lines skipped)"
-        % (len(summary["counts"]), args.output_dir, sum(summary["counts"].values()),
-           len(summary["skipped_lines"])))
-  return 0
-
-
-if __name__ == "__main__":
-  sys.exit(main())

@@ -15,7 +15,7 @@ manifest (or the dataset's published layout), cheapest test first:
 A mismatch is one line naming the file and both figures; a corrupt record names the file
 and the record. Data without a manifest cannot be count-checked: `log_unchecked` says so
 once per folder, and its corrupt records are named when the run reads them (the run loop
-calls `read_records` on the input_fn's `files`, through imagenet.check_tfrecords).
+calls `read_records` on the input_fn's `files`).
 """
 import collections
 

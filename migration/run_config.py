@@ -157,13 +157,9 @@ def to_backend(config, backend, npu_opts=NPU_DEFAULTS):
 
 def build_run_config(backend, run_opts, npu_opts=NPU_DEFAULTS):
   """The RunConfig for `backend` from the run loop's options (see `to_backend`)."""
-  config = tf.estimator.RunConfig(
-      model_dir=run_opts.model_dir,
-      tf_random_seed=run_opts.tf_random_seed,
-      save_summary_steps=run_opts.save_summary_steps,
-      save_checkpoints_steps=run_opts.save_checkpoints_steps,
-      save_checkpoints_secs=run_opts.save_checkpoints_secs,
-      keep_checkpoint_max=run_opts.keep_checkpoint_max,
-      log_step_count_steps=run_opts.log_step_count_steps,
-      session_config=session_config(run_opts))
+  # Every option but the thread counts (they go into the session config) is a RunConfig
+  # argument of the same name.
+  options = {name: value for name, value in run_opts._asdict().items()
+             if name not in ("intra_op_threads", "inter_op_threads")}
+  config = tf.estimator.RunConfig(session_config=session_config(run_opts), **options)
   return to_backend(config, backend, npu_opts)

@@ -10,7 +10,7 @@ python_bin="${PYTHON:-python3}"
 
 die() { echo "$script: $*" >&2; exit 2; }
 known_models() {
-  (cd "$repo" && "$python_bin" -c 'from estimators import registry; print(" ".join(registry.names()))')
+  (cd "$repo" && "$python_bin" -c 'from estimators import registry; print(" ".join(sorted(registry.MODELS)))')
 }
 
 usage() {
@@ -20,8 +20,8 @@ Every option takes --name=VALUE or --name VALUE. Relative paths (here and after 
 taken from the current folder.
   --model=NAME              required when run from scripts/ (from modelzoo/<model>/test/
                             the folder names it); one of: $(known_models)
-  --data_path=DIR           data folder (passed as --data_dir; for masf a PACS root with
-                            kfold/ is passed as --dataroot)
+  --data_path=DIR           data folder (passed as --data_dir; masf takes a PACS root
+                            with kfold/ there too)
   --output_path=DIR         output root (default ./output); the run writes to
                             DIR/\$ASCEND_DEVICE_ID/ (OUT below)
   --precision_mode=MODE     allow_fp32_to_fp16 | force_fp16 | must_keep_origin_dtype |
@@ -136,17 +136,13 @@ mkdir -p "$out"
 log="$out/train_${ASCEND_DEVICE_ID}_${run_kind}_$(date +%Y%m%d-%H%M%S).log"
 summary="${log%.log}.json"
 
-data_flag=--data_dir
-# MASF reads a raw PACS root (kfold/ + splits/) through --dataroot; its --data_dir is for
-# the tfrecords built by input_fns.pacs.
-[ "$model" = masf ] && [ -d "$data_path/kfold" ] && data_flag=--dataroot
 if [ "$run_kind" = performance ]; then
   model_dir="$out/ckpt_performance"
   rm -rf "$model_dir"  # a performance run measures training from scratch
-  args=("$data_flag=$data_path" --model_dir="$model_dir" --mode=train)
+  args=(--data_dir="$data_path" --model_dir="$model_dir" --mode=train)
   [ -n "$train_steps$train_epochs" ] || train_steps=100
 else
-  args=("$data_flag=$data_path" --model_dir="$out/ckpt")
+  args=(--data_dir="$data_path" --model_dir="$out/ckpt")
 fi
 [ -n "$precision_mode" ] && args+=(--precision_mode="$precision_mode")
 [ -n "$fusion_switch_file" ] && args+=(--fusion_switch_file="$fusion_switch_file")
@@ -176,7 +172,8 @@ ln -sfn "$(basename "$log")" "$latest"
 echo "$script: $model on device $ASCEND_DEVICE_ID, log $log"
 start=$(date +%s)
 set +e
-"$python_bin" "$repo/$model.py" "${args[@]}" > "$log" 2>&1
+PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}" "$python_bin" -m estimators "$model" "${args[@]}" \
+  > "$log" 2>&1
 code=$?
 set -e
 end=$(date +%s)

@@ -4,13 +4,10 @@ import sys
 
 import pytest
 
+from input_fns import data_root
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NPU_DOUBLE = os.path.join(REPO, "migration", "doubles")
-
-
-def data_root():
-  """Real data: $DATA_ROOT, else ../shared/data next to the repository."""
-  return os.environ.get("DATA_ROOT", os.path.join(os.path.dirname(REPO), "shared", "data"))
 
 
 @pytest.fixture

@@ -5,15 +5,16 @@ import math
 import numpy as np
 import pytest
 import tensorflow.compat.v1 as tf
-from absl import flags
 from PIL import Image
 
 from estimators import layers
+from estimators import registry
+from estimators import run_loop
 from estimators import schedules
 from estimators.amoeba_net import AmoebaNet
-from estimators.amoeba_net import define_amoeba_flags
 from estimators.amoeba_net import model_fn as model_fn_lib
 from estimators.amoeba_net import network
+from migration import backend as backend_lib
 from tests import conftest
 
 if hasattr(tf, "disable_eager_execution"):
@@ -24,19 +25,21 @@ TINY_CLASSES = 10
 TINY_BATCH = 8
 
 
-def full_config(num_cells, training):
-  return network.NetworkConfig(
+def full_config(num_cells, **overrides):
+  """The fields network.build reads (the eval graph drops the weight decay itself)."""
+  config = dict(
       num_cells=num_cells, reduction_size=256, stem_reduction_size=32, use_aux_head=True,
       aux_scaling=0.4, dense_dropout_keep_prob=0.5, drop_connect_keep_prob=1.0,
-      drop_path_burn_in_steps=0, batch_norm_decay=0.9, batch_norm_epsilon=1e-5,
-      weight_decay=4e-5 if training else 0.0)
+      train_steps=0, batch_norm_decay=0.9, batch_norm_epsilon=1e-5, weight_decay=4e-5)
+  config.update(overrides)
+  return config
 
 
 def tiny_params(**overrides):
   params = dict(
       num_cells=3, reduction_size=8, stem_reduction_size=8, image_size=TINY_SIZE,
       num_label_classes=TINY_CLASSES, num_epochs=1.0, num_train_images=1000,
-      train_batch_size=TINY_BATCH, total_train_steps=100, lr=0.05, lr_decay_value=0.88,
+      train_batch_size=TINY_BATCH, train_steps=100, lr=0.05, lr_decay_value=0.88,
       lr_decay_method="constant", lr_num_epochs_per_decay=1.0, lr_warmup_epochs=0.0,
       optimizer="momentum", momentum_rate=0.9, use_nesterov=False, weight_decay=4e-5,
       moving_average_decay=0.9, label_smoothing=0.1, use_aux_head=False, aux_scaling=0.4,
@@ -65,7 +68,7 @@ def fixed_batch_input_fn(repeat):
 
 def estimator(model_dir, params):
   def fn(features, labels, mode, params):
-    return model_fn_lib.model_fn(features, labels, mode, params)
+    return model_fn_lib.model_fn(features, labels, mode, registry.Config(params))
   config = tf.estimator.RunConfig(tf_random_seed=1, save_checkpoints_steps=1000,
                                   save_summary_steps=1000)
   return tf.estimator.Estimator(fn, model_dir=str(model_dir), params=params, config=config)
@@ -82,8 +85,7 @@ def estimator(model_dir, params):
 def test_parameter_count_matches_reference(num_cells, image_size, training, expected):
   with tf.Graph().as_default():
     images = tf.placeholder(tf.float32, [1, image_size, image_size, 3])
-    _, end_points = network.build_network(images, 1001, training,
-                                          full_config(num_cells, training))
+    _, end_points = network.build(images, 1001, training, full_config(num_cells))
     assert layers.count_trainable_parameters() == expected
     assert ("aux_logits" in end_points) == training
 
@@ -92,7 +94,7 @@ def test_float_ops_match_reference_measurement():
   # The reference logs tf.profiler float ops of its training graph (batch 1): 11.70 G.
   with tf.Graph().as_default() as graph:
     images = tf.placeholder(tf.float32, [1, 224, 224, 3])
-    network.build_network(images, 1001, True, full_config(6, True))
+    network.build(images, 1001, True, full_config(6))
     flops = network.count_float_ops_per_example(graph, 1)
   assert flops == pytest.approx(11.70e9, rel=0.005)
 
@@ -100,7 +102,7 @@ def test_float_ops_match_reference_measurement():
 def test_full_size_stage_shapes():
   with tf.Graph().as_default():
     images = tf.placeholder(tf.float32, [1, 224, 224, 3])
-    _, end_points = network.build_network(images, 1001, False, full_config(6, False))
+    _, end_points = network.build(images, 1001, False, full_config(6))
     shapes = {k: v.shape.as_list()[1:] for k, v in end_points.items()}
   assert shapes["stem"] == [111, 111, 32]
   assert shapes["cell_stem_0"] == [56, 56, 192]
@@ -124,10 +126,10 @@ def test_reduction_placement():
 
 def test_tiny_cell_output_channels():
   """Normal cells output 4F, reduction cells 3F; F doubles at each reduction."""
-  config = full_config(3, False)._replace(reduction_size=8, stem_reduction_size=8)
+  config = full_config(3, reduction_size=8, stem_reduction_size=8)
   with tf.Graph().as_default():
     images = tf.placeholder(tf.float32, [2, 64, 64, 3])
-    logits, end_points = network.build_network(images, TINY_CLASSES, False, config)
+    logits, end_points = network.build(images, TINY_CLASSES, False, config)
     shapes = {k: v.shape.as_list()[1:] for k, v in end_points.items()}
   assert shapes["stem"] == [31, 31, 8]
   assert shapes["cell_stem_0"] == [16, 16, 3 * 2]     # F/4 = 2
@@ -143,17 +145,17 @@ def test_tiny_cell_output_channels():
 
 
 def test_aux_head_only_in_training_graph_and_size_check():
-  config = full_config(3, True)._replace(reduction_size=8, stem_reduction_size=8)
+  config = full_config(3, reduction_size=8, stem_reduction_size=8)
   size = 72
   assert network.aux_head_input_size(size, 3) >= network.AUX_POOL_SIZE
   with tf.Graph().as_default():
     images = tf.placeholder(tf.float32, [2, size, size, 3])
-    _, train_points = network.build_network(images, TINY_CLASSES, True, config)
+    _, train_points = network.build(images, TINY_CLASSES, True, config)
   assert train_points["aux_logits"].shape.as_list() == [2, TINY_CLASSES]
   with tf.Graph().as_default():
     images = tf.placeholder(tf.float32, [2, TINY_SIZE, TINY_SIZE, 3])
     with pytest.raises(ValueError, match="aux head input"):
-      network.build_network(images, TINY_CLASSES, True, config)
+      network.build(images, TINY_CLASSES, True, config)
 
 
 def test_drop_path_keep_prob_ramps_linearly():
@@ -172,13 +174,13 @@ def test_drop_path_keep_prob_ramps_linearly():
 
 
 def test_drop_path_drops_whole_examples_in_training_only():
-  config = full_config(3, True)._replace(
-      reduction_size=8, stem_reduction_size=8, use_aux_head=False,
+  config = full_config(
+      3, reduction_size=8, stem_reduction_size=8, use_aux_head=False,
       drop_connect_keep_prob=0.5, dense_dropout_keep_prob=1.0)
   images, _ = fixed_batch(batch=16)
   with tf.Graph().as_default():
     tf.set_random_seed(0)
-    logits, _ = network.build_network(tf.constant(images), TINY_CLASSES, True, config)
+    logits, _ = network.build(tf.constant(images), TINY_CLASSES, True, config)
     with tf.Session() as sess:
       sess.run(tf.global_variables_initializer())
       first, second = sess.run(logits), sess.run(logits)
@@ -296,57 +298,75 @@ def test_only_the_update_waits_for_batch_norm_statistics():
 
 # --- Flags, steps and validation --------------------------------------------------------
 
-def parsed_flags(*argv):
-  flag_values = flags.FlagValues()
-  for name, default in (("train_batch_size", 256), ("eval_batch_size", 256)):
-    flags.DEFINE_integer(name, default, "", flag_values=flag_values)
-  for name in ("train_steps", "eval_steps", "steps_per_eval", "tf_random_seed"):
-    flags.DEFINE_integer(name, None, "", flag_values=flag_values)
-  flags.DEFINE_float("train_epochs", None, "", flag_values=flag_values)
-  flags.DEFINE_string("data_dir", "/data", "", flag_values=flag_values)
-  define_amoeba_flags(flag_values)
-  flag_values(["prog"] + list(argv))
-  return flag_values
+def configured(*argv):
+  """The run's Config from amoeba_net.py's flags `argv`: the table's ranges, then
+  configure() (the data checks left out)."""
+  model, flag_values = run_loop.parse_flags(
+      "amoeba_net", ["--model_dir=/tmp/unused", "--data_dir=/data"] + list(argv))
+  registry.check_ranges(model.flags, flag_values)
+  return model.configure(flag_values,
+                         run_loop.run_values(flag_values, backend_lib.Backend("cpu")))
 
 
 def test_defaults_and_step_counts():
-  model, flag_values = AmoebaNet(), parsed_flags()
-  assert flag_values.train_batch_size == 64 and flag_values.optimizer == "rmsprop"
-  assert model.train_steps(flag_values) == 700665      # 35 * ceil(1281167 / 64)
-  assert model.eval_steps(flag_values) == 781          # 50000 // 64
-  assert model.steps_per_eval(flag_values) == 20019
-  assert model.train_steps(parsed_flags("--train_steps=7")) == 7
-  params = model.params(flag_values)
-  assert params["total_train_steps"] == 700665 and params["train_batch_size"] == 64
-  assert params["num_epochs"] == 35
-  model.validate_flags(flag_values)
+  config = configured()
+  assert config.train_batch_size == 64 and config.optimizer == "rmsprop"
+  assert config.train_steps == 700665      # 35 * ceil(1281167 / 64)
+  assert config.eval_steps == 781          # 50000 // 64
+  assert config.steps_per_eval == 20019
+  assert configured("--train_steps=7").train_steps == 7
+  assert config.num_epochs == 35 and config.eval_batch_size == 64
+  assert config.class_names is None        # /data has no labels.txt
 
 
 def test_epochs_are_the_run_loops_train_epochs_with_the_seed_name_kept():
-  model = AmoebaNet()
-  assert parsed_flags().train_epochs == 35        # the seed's default, as --train_epochs
-  assert model.train_steps(parsed_flags("--num_epochs=2")) == 2 * 20019
-  half = parsed_flags("--train_epochs=0.5", "--num_train_images=1000", "--train_batch_size=10")
-  assert model.steps_per_epoch(half) == 100 and model.train_steps(half) == 50
-  assert model.params(parsed_flags("--num_epochs=2"))["num_epochs"] == 2
+  assert run_loop.FLAGS["train_epochs"].default == 35   # the seed's default, as --train_epochs
+  assert configured("--num_epochs=2").train_steps == 2 * 20019
+  half = configured("--train_epochs=0.5", "--num_train_images=1000", "--train_batch_size=10")
+  assert half.steps_per_eval == 100 and half.train_steps == 50   # an epoch is 100 steps
+  assert configured("--num_epochs=2").num_epochs == 2
+
+
+def test_explicit_steps_and_class_names(tmp_path):
+  config = configured("--steps_per_eval=5", "--eval_steps=3")
+  assert (config.steps_per_eval, config.eval_steps) == (5, 3)
+  (tmp_path / "labels.txt").write_text(u"cat\ndog\n")
+  config = configured("--data_dir=%s" % tmp_path, "--num_label_classes=4")
+  assert config.class_names == ["", "cat", "dog", ""]
+  assert configured("--use_synthetic_data", "--data_dir=").class_names is None
 
 
 @pytest.mark.parametrize("argv,match", [
     (["--use_tpu"], "use_tpu"),
     (["--reduction_size=12"], "reduction_size"),
+    (["--reduction_size=0"], "reduction_size"),
     (["--image_size=32"], "aux head"),
     (["--dense_dropout_keep_prob=0"], "dense_dropout_keep_prob"),
     (["--moving_average_decay=1"], "moving_average_decay"),
+    (["--aux_scaling=0.005"], "aux_scaling"),
     (["--num_train_images=10"], "num_train_images"),
+    (["--num_eval_images=10"], "num_eval_images"),
     (["--data_dir="], "data_dir"),
 ])
-def test_validate_flags_names_the_flag(argv, match):
+def test_bad_flags_are_named(argv, match):
   with pytest.raises(ValueError, match=match):
-    AmoebaNet().validate_flags(parsed_flags(*argv))
+    configured(*argv)
 
 
 def test_small_images_pass_without_aux_head():
-  AmoebaNet().validate_flags(parsed_flags("--image_size=32", "--use_aux_head=false"))
+  configured("--image_size=32", "--use_aux_head=false")
+
+
+def test_fixed_batch_shapes_keep_the_predict_batches_static(digits_dir):
+  config = configured("--data_dir=" + digits_dir, "--image_size=%d" % TINY_SIZE,
+                      "--num_label_classes=11", "--use_aux_head=false")
+  assert config.class_names[1:] == [str(digit) for digit in range(10)]
+  for fixed, batch_dim in ((False, None), (True, TINY_BATCH)):
+    input_fn = AmoebaNet().input_fn(config.replace(fixed_batch_shapes=fixed),
+                                    tf.estimator.ModeKeys.PREDICT)
+    with tf.Graph().as_default():
+      shapes = tf.data.get_output_shapes(input_fn({"batch_size": TINY_BATCH}))
+    assert shapes["image"].as_list()[0] == batch_dim
 
 
 # --- Training, EMA evaluation and export ------------------------------------------------
@@ -438,9 +458,9 @@ def _jpeg_bytes(seed):
 def test_saved_model_takes_jpeg_and_carries_ema_weights(trained, tmp_path):
   from preprocessing import inception  # pylint: disable=g-import-not-at-top
   est, params, _ = trained
-  flag_values = parsed_flags("--image_size=%d" % TINY_SIZE, "--use_aux_head=false")
+  config = configured("--image_size=%d" % TINY_SIZE, "--use_aux_head=false")
   export_dir = est.export_saved_model(
-      str(tmp_path), AmoebaNet().serving_input_receiver_fn(flag_values))
+      str(tmp_path), AmoebaNet().serving_input_receiver_fn(config))
   jpegs = [_jpeg_bytes(seed) for seed in range(3)]
   with tf.Graph().as_default():
     with tf.Session() as sess:
@@ -457,6 +477,19 @@ def test_saved_model_takes_jpeg_and_carries_ema_weights(trained, tmp_path):
 
   expected = np.stack([p["logits"] for p in est.predict(input_fn)])
   np.testing.assert_allclose(served, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_a_tiny_synthetic_run_trains_evaluates_and_summarizes(tmp_path, capsys):
+  runner = run_loop.prepare("amoeba_net", [
+      "--model_dir=%s" % (tmp_path / "run"), "--use_synthetic_data", "--device=cpu",
+      "--mode=train_and_eval", "--train_steps=2", "--eval_steps=1", "--train_batch_size=4",
+      "--eval_batch_size=4", "--num_cells=3", "--reduction_size=8",
+      "--stem_reduction_size=8", "--image_size=%d" % TINY_SIZE, "--use_aux_head=false",
+      "--num_train_images=8", "--num_label_classes=%d" % TINY_CLASSES])
+  assert runner.config.steps_per_eval == 2 and runner.config.class_names is None
+  metrics = runner.run()
+  assert metrics["global_step"] == 2 and "top_1_accuracy" in metrics
+  assert "AmoebaNet-D eval at global step 2: top-1 " in capsys.readouterr().out
 
 
 def test_learning_rate_summary_is_tagged_learning_rate():
@@ -483,7 +516,7 @@ def test_model_fn_trains_with_aux_head_clipping_and_drop_path():
     keep_prob = graph.get_tensor_by_name("drop_path/keep_prob:0")
     with tf.Session() as sess:
       sess.run(tf.global_variables_initializer())
-      sess.run(global_step.assign(params["total_train_steps"] // 2))
+      sess.run(global_step.assign(params["train_steps"] // 2))
       assert sess.run(keep_prob) == pytest.approx(0.85)   # halfway from 1.0 to 0.7
       sess.run(global_step.assign(0))
       for _ in range(2):

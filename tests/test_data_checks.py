@@ -30,7 +30,9 @@ from input_fns import record_checks
 from input_fns import tf_flowers
 from input_fns import tfds_layout
 from tests import conftest
+from tools import build_cifar_tfrecords
 from tools import build_image_tfrecords as builder
+from tools import build_pacs_tfrecords
 
 RECORD_OVERHEAD = 16  # length (8) + length CRC (4) + data CRC (4) around every record
 
@@ -316,14 +318,18 @@ def test_tfds_shard_missing_or_not_listed(flowers):
     tf_flowers.dataset(flowers).check_records("train")
 
 
+def prepared(model_name, *argv):
+  """(model, Config) of a run of `model_name` with `argv`, every check passed."""
+  runner = run_loop.prepare(model_name, ["--model_dir=/tmp/unused"] + list(argv))
+  return runner.model, runner.config
+
+
 def test_vit_check_inputs_checks_the_splits_its_mode_reads(flowers):
-  model, flag_values = run_loop.parse_flags("vit", [
-      "--model_dir=/tmp/unused", "--data_dir=" + flowers, "--mode=train", "--image_size=32"])
-  model.check_inputs(flag_values)
+  model, config = prepared("vit", "--data_dir=" + flowers, "--mode=train", "--image_size=32")
   cut_at_record(_flowers_shard(flowers, 0), 2)
   with pytest.raises(ValueError, match="tf_flowers-train.tfrecord-00000-of-00002 holds 2 "
                      "records"):
-    model.check_inputs(flag_values)
+    model.check_inputs(config)
 
 
 def test_a_corrupt_record_met_while_running_names_the_file(flowers, cpu_backend, tmp_path):
@@ -361,8 +367,8 @@ def _cifar10_pickles(folder, per_batch=3):
 
 
 def test_converted_cifar_is_checked_against_its_shard_lengths(tmp_path):
-  cifar.convert(_cifar10_pickles(tmp_path / "cifar-10-batches-py"), str(tmp_path / "tfds"),
-                num_shards=2, check_counts=False)
+  build_cifar_tfrecords.convert(_cifar10_pickles(tmp_path / "cifar-10-batches-py"),
+                                str(tmp_path / "tfds"), num_shards=2, check_counts=False)
   data = cifar.dataset(str(tmp_path / "tfds"), "cifar10")
   data.check_records("train")
   data.check_records("test")
@@ -386,7 +392,7 @@ def pacs_release(tmp_path_factory):
 @pytest.fixture
 def pacs_records(pacs_release, tmp_path):
   out = str(tmp_path / "pacs_records")
-  pacs.build_tfrecords(pacs_release, out)
+  build_pacs_tfrecords.build_tfrecords(pacs_release, out)
   return out
 
 
@@ -511,41 +517,32 @@ def test_fashion_mnist_without_a_manifest_count_uses_the_release_size(fashion_re
     fashion_mnist.check_record_counts(fashion_records, include_ood=False)
 
 
-def protoattend_flags(*argv):
-  """ProtoAttend's flags in their own set (defining them in the global one would change the
-  run loop's defaults for the tests that follow)."""
-  from tests import test_protoattend  # pylint: disable=g-import-not-at-top
-  model, flag_values = test_protoattend._flag_values()  # pylint: disable=protected-access
-  flag_values(["prog"] + list(argv))
-  return model, flag_values
-
-
 def test_protoattend_check_inputs_checks_the_record_counts(fashion_records):
-  model, flag_values = protoattend_flags("--data_dir=" + fashion_records, "--ood_eval=false")
-  model.check_inputs(flag_values)
+  model, config = prepared("protoattend", "--data_dir=" + fashion_records, "--ood_eval=false",
+                           "--eval_cand_size=8")
   path = _fashion_file(fashion_records, "train")
   cut_at_record(path, 10)
   with pytest.raises(ValueError, match="%s holds 10 records, .* says 12" % path):
-    model.check_inputs(flag_values)
+    model.check_inputs(config)
 
 
 @pytest.mark.parametrize("mode,splits", [("train", ["train"]),
                                          ("eval", ["train", "test"])])  # eval: candidates too
 def test_protoattend_input_fn_names_the_files_it_reads(fashion_records, mode, splits):
-  model, flag_values = protoattend_flags("--data_dir=" + fashion_records, "--ood_eval=false")
-  input_fn = model.input_fn(flag_values, mode)
+  model, config = prepared("protoattend", "--data_dir=" + fashion_records, "--ood_eval=false",
+                           "--eval_cand_size=8")
+  input_fn = model.input_fn(config, mode)
   assert input_fn.files == [_fashion_file(fashion_records, s) for s in splits]
 
 
 def test_masf_input_fns_name_the_tfrecords_they_read(pacs_records):
-  from tests import test_masf  # pylint: disable=g-import-not-at-top  (its own flag set)
-  model, flag_values = test_masf._flag_values([  # pylint: disable=protected-access
-      "--data_dir=" + pacs_records, "--target_domain=sketch"])
+  model, config = prepared("masf", "--data_dir=" + pacs_records, "--target_domain=sketch",
+                           "--meta_batch_size=6")
   sources = ["art_painting", "cartoon", "photo"]
-  assert model.input_fn(flag_values, "train").files == [
+  assert model.input_fn(config, "train").files == [
       pacs.tfrecord_path(pacs_records, d, "train") for d in sources]
-  assert model.input_fn(flag_values, "eval").files == [
+  assert model.input_fn(config, "eval").files == [
       pacs.tfrecord_path(pacs_records, d, "crossval") for d in sources] + [
           pacs.tfrecord_path(pacs_records, "sketch", "test")]
-  assert model.input_fn(flag_values, "infer").files == [
+  assert model.input_fn(config, "infer").files == [
       pacs.tfrecord_path(pacs_records, "sketch", "test")]

@@ -212,6 +212,22 @@ def test_closing_sessions_while_reading_does_not_crash(tmp_path):
     assert len(_batches(input_fn, 4, max_batches=2)) == 2
 
 
+def test_drop_remainder_of_evaluation_and_prediction(tmp_path):
+  """None: evaluation skips the last partial batch, as upstream, and prediction keeps it;
+  True (static shapes, the NPU): both skip it; False: both keep it."""
+  _tiny_dataset(str(tmp_path), False)  # 6 validation records
+
+  def batch_sizes(**kwargs):
+    input_fn = imagenet.build_input_fn(str(tmp_path), False, 8, num_label_classes=5,
+                                       **kwargs)
+    batches = _batches(input_fn, 4)
+    return [len(b["id"] if isinstance(b, dict) else b[1]) for b in batches]
+
+  assert batch_sizes() == [4] and batch_sizes(predict=True) == [4, 2]
+  assert batch_sizes(drop_remainder=True, predict=True) == [4]
+  assert batch_sizes(drop_remainder=False) == [4, 2]
+
+
 def test_both_layouts_at_once_is_an_error(tmp_path):
   _tiny_dataset(str(tmp_path), False)
   _tiny_dataset(str(tmp_path), True)

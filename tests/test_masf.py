@@ -11,7 +11,6 @@ import pickle
 import subprocess
 import sys
 
-from absl import flags as absl_flags
 import numpy as np
 from PIL import Image
 import pytest
@@ -19,12 +18,16 @@ import tensorflow.compat.v1 as tf
 
 from estimators import pretrained
 from estimators import registry
+from estimators import run_loop
 from estimators.masf import model_fn as masf_model_fn
 from estimators.masf import network
 from estimators.masf import weights as weights_lib
 import estimators.masf as masf
 from input_fns import pacs
+from migration import backend as backend_lib
+from migration import validation
 from preprocessing import alexnet as alexnet_preprocessing
+from tools import build_pacs_tfrecords
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEST_IMAGE_SIZE = 64  # smallest AlexNet input is 57 (pool5 1x1)
@@ -78,7 +81,7 @@ def mini_pacs(tmp_path_factory):
 @pytest.fixture(scope="module")
 def mini_records(mini_pacs, tmp_path_factory):
   out = str(tmp_path_factory.mktemp("mini_records"))
-  pacs.build_tfrecords(mini_pacs, out)
+  build_pacs_tfrecords.build_tfrecords(mini_pacs, out)
   return out
 
 
@@ -154,11 +157,12 @@ def test_builder_reports_missing_and_unreadable_images_by_path(tmp_path):
     f.write(b"not an image")
   out = str(tmp_path / "records")
   with pytest.raises(pacs.PacsDataError) as error:
-    pacs.build_tfrecords(root, out, domains=["art_painting"])
+    build_pacs_tfrecords.build_tfrecords(root, out, domains=["art_painting"])
   message = str(error.value)
   assert missing in message and corrupt in message
   assert not os.path.exists(out)  # nothing written before the check
-  summary = pacs.build_tfrecords(root, out, domains=["art_painting"], skip_bad_lines=True)
+  summary = build_pacs_tfrecords.build_tfrecords(root, out, domains=["art_painting"],
+                                                 skip_bad_lines=True)
   # each bad image is listed in train (or crossval) and in test
   assert len(summary["skipped_lines"]) == 4
   assert summary["counts"]["art_painting_train"] == 7 * (PER_CLASS - 1) - 2
@@ -380,6 +384,21 @@ def test_reference_shapes_and_parameter_count():
   assert total == 56896903  # models.md: 56,896,903 with a 7-way fc8
 
 
+def test_build_is_forward_on_the_networks_variables():
+  config = {"image_size": TEST_IMAGE_SIZE, "fc_units": TEST_FC_UNITS}
+  images = np.random.RandomState(0).randn(2, TEST_IMAGE_SIZE, TEST_IMAGE_SIZE, 3) * 50
+  with tf.Graph().as_default(), tf.Session() as session:
+    logits, end_points = network.build(tf.constant(images, tf.float32), 7, False, config)
+    weights = network.construct_weights(TEST_IMAGE_SIZE, 7, TEST_FC_UNITS)  # the same ones
+    assert len(tf.global_variables()) == 16
+    fc7, forward_logits = network.forward(tf.constant(images, tf.float32), weights, False)
+    session.run(tf.global_variables_initializer())
+    got = session.run([logits, end_points["fc7"], forward_logits, fc7])
+  assert got[0].shape == (2, 7) and got[1].shape == (2, TEST_FC_UNITS)
+  np.testing.assert_array_equal(got[0], got[2])
+  np.testing.assert_array_equal(got[1], got[3])
+
+
 def _check_small(path):
   """weights_lib.check against the small AlexNet the fast tests use."""
   return weights_lib.check(path, TEST_IMAGE_SIZE, TEST_FC_UNITS)
@@ -392,8 +411,8 @@ def test_safe_loader_reads_official_layout_and_skips_fc8(tmp_path, bytes_keys):
   np.save(path, stored, allow_pickle=True)
   source = _check_small(path)
   with tf.Graph().as_default():
-    _, entries = weights_lib.plan(path, network.construct_weights(
-        TEST_IMAGE_SIZE, fc_units=TEST_FC_UNITS).values())
+    _, entries = pretrained.plan(path, network.construct_weights(
+        TEST_IMAGE_SIZE, fc_units=TEST_FC_UNITS).values(), weights_lib.FILTER)
   assert len(entries) == 14 and not any(e.key.startswith("fc8/") for e in entries)
   values = dict(source.read(["conv2/weights", "conv2/biases"]))
   key = b"conv2" if bytes_keys else "conv2"
@@ -422,7 +441,7 @@ def test_safe_loader_refuses_code_carrying_pickle(tmp_path, callable_name):
   path, marker = str(tmp_path / "evil.npy"), str(tmp_path / "pwned")
   _code_carrying_npy(path, marker, callable_name)
   with pytest.raises(weights_lib.UnsafePickleError) as error:
-    weights_lib.open_source(path)
+    weights_lib.FILTER.open_source(path)
   assert callable_name in str(error.value) and path in str(error.value)
   assert not os.path.exists(marker)
   converter = _load_converter()
@@ -465,23 +484,21 @@ def test_convert_cli_writes_plain_npz(tmp_path):
 
 # ---------------------------------------------------------------- model, flags, estimator
 
-_COMMON_FLAGS = dict(mode="train", data_dir="", model_dir="", train_steps=None,
-                     train_batch_size=64, eval_batch_size=8, eval_steps=None,
-                     log_step_count_steps=1)
+
+def _configured(*argv):
+  """(model, Config) from the flags as a run works them out (ranges, configure), without
+  the data and weights checks: tests call check_inputs themselves."""
+  model, flag_values = run_loop.parse_flags("masf", ["--model_dir=/tmp/unused"] + list(argv))
+  registry.check_ranges(model.flags, flag_values)
+  run = run_loop.run_values(flag_values, backend_lib.select_backend("cpu"))
+  return model, model.configure(flag_values, run)
 
 
-def _flag_values(argv=()):
-  values = absl_flags.FlagValues()
-  for name, default in _COMMON_FLAGS.items():
-    if isinstance(default, str):
-      absl_flags.DEFINE_string(name, default, "", flag_values=values)
-    else:
-      absl_flags.DEFINE_integer(name, default, "", flag_values=values)
-  absl_flags.DEFINE_float("train_epochs", None, "", flag_values=values)
-  model = registry.get("masf")
-  model.define_flags(values)
-  values(["test"] + list(argv))
-  return model, values
+def _refusal(*argv):
+  """The one-line error of a run with `argv` refused before any graph."""
+  with pytest.raises(validation.ConfigError) as error:
+    run_loop.prepare("masf", ["--model_dir=/tmp/unused", "--device=cpu"] + list(argv))
+  return str(error.value)
 
 
 def _tiny_argv(dataroot, *extra):
@@ -489,34 +506,62 @@ def _tiny_argv(dataroot, *extra):
           "--fc_units=%d" % TEST_FC_UNITS, "--meta_batch_size=6"] + list(extra)
 
 
-def test_flag_defaults_and_validation(mini_pacs):
-  model, values = _flag_values(["--dataroot=%s" % mini_pacs])
-  assert values.target_domain == "cartoon" and values.meta_batch_size == 126
-  assert values.inner_lr == values.outer_lr == values.metric_lr == 1e-5
-  assert values.margin == 10.0 and values.gradients_clip_value == 2.0
-  assert values.train_steps == 300 and values.train_batch_size == 378
-  model, values = _flag_values(_tiny_argv(mini_pacs, "--train_iterations=7"))
-  model.validate_flags(values)
-  assert model.train_steps(values) == values.train_steps == 7
-  assert model.train_batch_size(values) == 18
-  assert values.train_batch_size == 378, "flags are never rewritten"
-  for argv, flag in ((["--train_batch_size=20"], "--train_batch_size"),
-                     (["--meta_batch_size=2"], "--meta_batch_size"),
-                     (["--weights_path=%s" % os.path.join(mini_pacs, "splits",
-                                                          "photo_test_kfold.txt")],
-                      "--weights_path"),
-                     (["--image_size=40"], "--image_size")):
-    model, values = _flag_values(_tiny_argv(mini_pacs) + argv)
-    with pytest.raises(ValueError) as error:
-      model.validate_flags(values)
-    assert flag in str(error.value)
+def test_flag_defaults_and_the_configuration(mini_pacs):
+  model, config = _configured("--dataroot=%s" % mini_pacs)
+  assert config.target_domain == "cartoon" and config.meta_batch_size == 126
+  assert config.inner_lr == config.outer_lr == config.metric_lr == 1e-5
+  assert config.margin == 10.0 and config.gradients_clip_value == 2.0
+  assert config.train_steps == 300 and config.train_batch_size == 378
+  assert config.eval_batch_size == 100 and config.dataroot == mini_pacs
+  assert config.source_domains == ("art_painting", "photo", "sketch")
+  assert config.eval_lists == (("art_painting", "crossval"), ("photo", "crossval"),
+                               ("sketch", "crossval"), ("cartoon", "test"))
+  model, config = _configured(*_tiny_argv(mini_pacs, "--train_iterations=7"))
+  assert config.train_steps == 7 and config.train_batch_size == 18
+  assert run_loop.FLAGS.train_batch_size == 378, "flags are never rewritten"
+  assert vars(model) == {}, "the model keeps no state"
+  _, config = _configured(*_tiny_argv(mini_pacs, "--train_batch_size=18"))
+  assert config.train_batch_size == 18  # the episode's size, given explicitly: accepted
+
+
+def test_a_pacs_root_given_as_data_dir_is_read_as_the_dataroot(mini_pacs, tmp_path):
+  """What the launchers pass (--data_path -> --data_dir), whichever form the data has."""
+  _, config = _configured("--data_dir=%s" % mini_pacs)
+  assert (config.data_dir, config.dataroot) == (None, mini_pacs)
+  _, config = _configured("--data_dir=%s" % tmp_path)  # tfrecords
+  assert config.data_dir == str(tmp_path)
+
+
+def test_default_dataroot_is_under_the_data_root(monkeypatch, tmp_path):
+  monkeypatch.setenv("DATA_ROOT", str(tmp_path))
+  assert pacs.default_dataroot() == os.path.join(str(tmp_path), "pacs")
+  _, config = _configured("--image_size=%d" % TEST_IMAGE_SIZE)
+  assert config.dataroot == os.path.join(str(tmp_path), "pacs") and config.data_dir is None
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--train_batch_size=20"], "--train_batch_size=20: MASF's batch is 3 x "
+     "--meta_batch_size = 18; set --meta_batch_size only"),
+    (["--meta_batch_size=2"], "--meta_batch_size=2 must be >= 3"),
+    (["--image_size=40"], "--image_size=40 must be >= 57"),
+    (["--inner_lr=0"], "--inner_lr=0.0 must be > 0"),
+    (["--margin=-1"], "--margin=-1.0 must be >= 0"),
+    (["--flip_probability=1.5"], "--flip_probability=1.5 must lie in [0.0, 1.0]"),
+    (["--num_classes=5"], "--num_classes=5 must lie in [7, 7]"),
+    (["--weights_path=/no/such/alexnet.npy"], "--weights_path=/no/such/alexnet.npy does "
+     "not exist"),
+    (["--weights_path=%s" % os.path.abspath(__file__)], "--weights_path needs "
+     "--image_size=227 and --fc_units=4096"),
+])
+def test_bad_flags_are_refused_in_one_line(mini_pacs, argv, message):
+  assert _refusal(*_tiny_argv(mini_pacs, *argv)).startswith(message)
 
 
 def test_train_epochs_count_the_source_domains_training_images(mini_pacs, mini_records):
   for data_flags in ([], ["--data_dir=%s" % mini_records]):  # split lists, builder summary
-    model, values = _flag_values(_tiny_argv(mini_pacs, "--train_epochs=3", *data_flags))
-    assert model.train_examples(values) == 3 * 7 * (PER_CLASS - 1)  # 42 = 3 domains' train
-    assert model.train_steps(values) == 7  # ceil(3 * 42 / (3 x meta_batch_size 6))
+    _, config = _configured(*_tiny_argv(mini_pacs, "--train_epochs=3", *data_flags))
+    assert masf.train_examples(config) == 3 * 7 * (PER_CLASS - 1)  # 42 = 3 domains' train
+    assert config.train_steps == 7  # ceil(3 * 42 / (3 x meta_batch_size 6))
 
 
 def test_summary_names_the_target_and_the_source_accuracy(mini_pacs):
@@ -525,8 +570,8 @@ def test_summary_names_the_target_and_the_source_accuracy(mini_pacs):
   for domain in pacs.DOMAINS:
     results.update({"accuracy/" + domain: 0.6 if domain == "cartoon" else 0.8,
                     "examples/" + domain: 21 if domain == "cartoon" else 7})
-  model, values = _flag_values(_tiny_argv(mini_pacs))
-  first = model.summarize(results, values).splitlines()[0]
+  model, config = _configured(*_tiny_argv(mini_pacs))
+  first = model.summarize(results, config).splitlines()[0]
   assert first.startswith("MASF at global step 5: target accuracy 60.00% (held-out cartoon, "
                           "its test list"), first
   assert ("source crossval accuracy 80.00% (art_painting, photo, sketch)" in first and
@@ -535,11 +580,11 @@ def test_summary_names_the_target_and_the_source_accuracy(mini_pacs):
 
 
 def test_input_check_names_missing_data(tmp_path):
-  model, values = _flag_values(_tiny_argv(str(tmp_path)))
-  model.validate_flags(values)
+  model, config = _configured(*_tiny_argv(str(tmp_path)))
   with pytest.raises(pacs.PacsDataError) as error:
-    model.check_inputs(values)
+    model.check_inputs(config)
   assert "splits" in str(error.value)
+  assert "splits" in _refusal(*_tiny_argv(str(tmp_path)))
 
 
 def _save_converted(path, stored):
@@ -574,11 +619,11 @@ def test_bad_weights_stop_check_inputs_before_the_graph(mini_pacs, tmp_path, pro
     _save_converted(path, stored)
   else:
     np.save(path, stored, allow_pickle=True)
-  # validate_flags accepts weights only at AlexNet's size (227, fc 4096); check_inputs checks
-  # the file against whatever size the flags give, so the small AlexNet serves here.
-  model, values = _flag_values(_tiny_argv(mini_pacs, "--weights_path=%s" % path))
-  with pytest.raises(ValueError) as error:  # what run_loop.run turns into "error: ..."
-    model.check_inputs(values)
+  # configure() accepts weights only at AlexNet's size (227, fc 4096); check_inputs checks
+  # the file against whatever size the config gives, so the small AlexNet serves here.
+  model, config = _configured(*_tiny_argv(mini_pacs))
+  with pytest.raises(ValueError) as error:  # what run_loop turns into "error: ..."
+    model.check_inputs(config.replace(weights_path=path))
   message = str(error.value)
   assert message.splitlines()[0].startswith("weights file %s" % path)
   assert expected in message
@@ -589,11 +634,10 @@ def test_bad_weights_stop_check_inputs_before_the_graph(mini_pacs, tmp_path, pro
 def test_code_carrying_pickle_stops_check_inputs(mini_pacs, tmp_path):
   path, marker = str(tmp_path / "evil.npy"), str(tmp_path / "pwned")
   _code_carrying_npy(path, marker, "system")
-  model, values = _flag_values(["--dataroot=%s" % mini_pacs, "--meta_batch_size=6",
-                                "--weights_path=%s" % path])
-  model.validate_flags(values)
+  model, config = _configured("--dataroot=%s" % mini_pacs, "--meta_batch_size=6",
+                              "--weights_path=%s" % path)
   with pytest.raises(weights_lib.UnsafePickleError, match="weights file %s: refusing" % path):
-    model.check_inputs(values)
+    model.check_inputs(config)
   assert not os.path.exists(marker)
 
 
@@ -613,22 +657,19 @@ def test_entry_point_refuses_bad_weights_in_one_line_before_the_graph(mini_pacs,
   assert not os.path.exists(marker) and not tf.train.latest_checkpoint(str(model_dir))
 
 
-def _estimator(model, values, model_dir):
-  params = model.params(values)
+def _estimator(model, config, model_dir):
+  def model_fn(features, labels, mode):
+    batch = (config.train_batch_size if mode == tf.estimator.ModeKeys.TRAIN
+             else config.eval_batch_size)
+    return model.model_fn(features, labels, mode, config.replace(batch_size=batch))
 
-  def model_fn(features, labels, mode, params):
-    batch = (model.train_batch_size(values) if mode == tf.estimator.ModeKeys.TRAIN
-             else values.eval_batch_size)
-    return model.model_fn(features, labels, mode, dict(params, batch_size=batch))
-
-  config = tf.estimator.RunConfig(tf_random_seed=1, keep_checkpoint_max=2,
-                                  log_step_count_steps=None)
-  return tf.estimator.Estimator(model_fn=model_fn, params=params, model_dir=model_dir,
-                                config=config)
+  run_config = tf.estimator.RunConfig(tf_random_seed=1, keep_checkpoint_max=2,
+                                      log_step_count_steps=None)
+  return tf.estimator.Estimator(model_fn=model_fn, model_dir=model_dir, config=run_config)
 
 
-def _input(model, values, mode, batch):
-  input_fn = model.input_fn(values, mode)
+def _input(model, config, mode, batch):
+  input_fn = model.input_fn(config, mode)
   return lambda: input_fn({"batch_size": batch})
 
 
@@ -638,11 +679,10 @@ def _checkpoint_values(model_dir, names):
 
 
 def test_estimator_masf_train_eval_predict(mini_pacs, mini_records, tmp_path):
-  model, values = _flag_values(_tiny_argv(mini_pacs, "--data_dir=%s" % mini_records))
-  model.validate_flags(values)
+  model, config = _configured(*_tiny_argv(mini_pacs, "--data_dir=%s" % mini_records))
   model_dir = str(tmp_path / "masf")
-  estimator = _estimator(model, values, model_dir)
-  estimator.train(_input(model, values, tf.estimator.ModeKeys.TRAIN, 18), steps=1)
+  estimator = _estimator(model, config, model_dir)
+  estimator.train(_input(model, config, tf.estimator.ModeKeys.TRAIN, 18), steps=1)
   names = ["model/conv1/weights", "model/fc8/biases", "model/metric/w2"]
   initial = _checkpoint_values(os.path.join(model_dir, "model.ckpt-0"), names)
   trained = _checkpoint_values(model_dir, names)
@@ -652,7 +692,7 @@ def test_estimator_masf_train_eval_predict(mini_pacs, mini_records, tmp_path):
   assert "model/metric/w1/MetaAdam" in variables and "model/metric/w1/MetricAdam" in variables
   assert "model/conv1/weights/TaskAdam" in variables
 
-  results = estimator.evaluate(_input(model, values, tf.estimator.ModeKeys.EVAL, 8))
+  results = estimator.evaluate(_input(model, config, tf.estimator.ModeKeys.EVAL, 8))
   assert results["global_step"] == 1
   for domain in pacs.DOMAINS:
     assert 0.0 <= results["accuracy/" + domain] <= 1.0
@@ -663,17 +703,17 @@ def test_estimator_masf_train_eval_predict(mini_pacs, mini_records, tmp_path):
   table = masf.format_domain_table(masf.domain_accuracies(results), masf.PUBLISHED_MASF)
   assert "| average |" in table and "| cartoon |" in table
 
-  photo = estimator.evaluate(lambda: model.domain_eval_input_fn(values, "photo", "crossval")(
+  photo = estimator.evaluate(lambda: model.domain_eval_input_fn(config, "photo", "crossval")(
       {"batch_size": 8}))
   assert set(masf.domain_accuracies(photo)) == {"photo"}
   assert photo["accuracy/photo"] == results["accuracy/photo"]
 
   export_dir = estimator.export_saved_model(str(tmp_path / "export"),
-                                            model.serving_input_receiver_fn(values))
+                                            model.serving_input_receiver_fn(config))
   assert os.path.isfile(os.path.join(export_dir.decode() if isinstance(export_dir, bytes)
                                      else export_dir, "saved_model.pb"))
 
-  predictions = list(estimator.predict(_input(model, values, tf.estimator.ModeKeys.PREDICT, 8)))
+  predictions = list(estimator.predict(_input(model, config, tf.estimator.ModeKeys.PREDICT, 8)))
   assert len(predictions) == 7 * PER_CLASS
   assert all(0 <= p["classes"] < 7 for p in predictions)
 
@@ -690,26 +730,25 @@ def test_domain_table_rows_and_average():
 
 
 def test_estimator_deepall_and_original_selection_protocol(mini_pacs, tmp_path):
-  model, values = _flag_values(_tiny_argv(mini_pacs, "--algorithm=deepall",
+  model, config = _configured(*_tiny_argv(mini_pacs, "--algorithm=deepall",
                                           "--select_on_target_accuracy",
                                           "--meta_step_updates_metric_net=false"))
-  model.validate_flags(values)
   model_dir = str(tmp_path / "deepall")
-  estimator = _estimator(model, values, model_dir)
-  estimator.train(_input(model, values, tf.estimator.ModeKeys.TRAIN, 18), steps=1)
+  estimator = _estimator(model, config, model_dir)
+  estimator.train(_input(model, config, tf.estimator.ModeKeys.TRAIN, 18), steps=1)
   names = [n for n, _ in tf.train.list_variables(model_dir)]
   assert not any("metric" in n for n in names) and any("DeepAllAdam" in n for n in names)
-  results = estimator.evaluate(_input(model, values, tf.estimator.ModeKeys.EVAL, 8))
+  results = estimator.evaluate(_input(model, config, tf.estimator.ModeKeys.EVAL, 8))
   assert results["accuracy"] == results["target_accuracy"] == results["accuracy/cartoon"]
 
 
 def test_metric_net_gets_only_its_own_optimizer_when_quirk_is_off(mini_pacs):
-  model, values = _flag_values(_tiny_argv(mini_pacs, "--meta_step_updates_metric_net=false"))
-  params = dict(model.params(values), batch_size=18)
+  model, config = _configured(*_tiny_argv(mini_pacs, "--meta_step_updates_metric_net=false"))
   with tf.Graph().as_default():
     features = {"images": tf.zeros([18, TEST_IMAGE_SIZE, TEST_IMAGE_SIZE, 3])}
     labels = tf.constant(np.repeat(np.arange(6) % 7, 3), tf.int32)
-    model.model_fn(features, labels, tf.estimator.ModeKeys.TRAIN, params)
+    model.model_fn(features, labels, tf.estimator.ModeKeys.TRAIN,
+                   config.replace(batch_size=18))
     names = [v.op.name for v in tf.global_variables()]
   assert "model/metric/w1/MetricAdam" in names
   assert not any(n.startswith("model/metric/") and "MetaAdam" in n for n in names)
@@ -720,32 +759,26 @@ def test_pretrained_weights_are_loaded_when_no_checkpoint(mini_pacs, tmp_path):
   path = str(tmp_path / "alexnet.npy")
   stored = _official_layout(_small_shapes(), seed=3)
   np.save(path, stored, allow_pickle=True)
-  model, values = _flag_values(_tiny_argv(mini_pacs))
-  params = dict(model.params(values), weights_path=path, outer_lr=1e-9, metric_lr=1e-9,
-                inner_lr=1e-9)
+  model, config = _configured(*_tiny_argv(mini_pacs))
+  config = config.replace(weights_path=path, outer_lr=1e-9, metric_lr=1e-9, inner_lr=1e-9)
   model_dir = str(tmp_path / "pretrained")
-  estimator = tf.estimator.Estimator(
-      model_fn=lambda features, labels, mode, params: model.model_fn(
-          features, labels, mode, dict(params, batch_size=18)),
-      params=params, model_dir=model_dir,
-      config=tf.estimator.RunConfig(tf_random_seed=1, log_step_count_steps=None))
-  estimator.train(_input(model, values, tf.estimator.ModeKeys.TRAIN, 18), steps=1)
+  estimator = _estimator(model, config, model_dir)
+  estimator.train(_input(model, config, tf.estimator.ModeKeys.TRAIN, 18), steps=1)
   loaded = _checkpoint_values(model_dir, ["model/conv1/weights", "model/fc7/biases"])
   np.testing.assert_allclose(loaded["model/conv1/weights"], stored["conv1"][0], atol=1e-6)
   np.testing.assert_allclose(loaded["model/fc7/biases"], stored["fc7"][1], atol=1e-6)
 
 
 def _one_real_step(image_size, fc_units, meta_batch_size):
-  model, values = _flag_values(["--image_size=%d" % image_size, "--fc_units=%d" % fc_units,
-                                "--meta_batch_size=%d" % meta_batch_size,
-                                "--skip_bad_list_lines", "--cache_decoded_images=false"])
-  model.validate_flags(values)
-  params = dict(model.params(values), batch_size=3 * meta_batch_size)
+  model, config = _configured("--image_size=%d" % image_size, "--fc_units=%d" % fc_units,
+                              "--meta_batch_size=%d" % meta_batch_size,
+                              "--skip_bad_list_lines", "--cache_decoded_images=false")
+  config = config.replace(batch_size=3 * meta_batch_size)
   with tf.Graph().as_default():
     tf.set_random_seed(1)
     features, labels = tf.data.make_one_shot_iterator(
-        model.input_fn(values, tf.estimator.ModeKeys.TRAIN)(params)).get_next()
-    spec = model.model_fn(features, labels, tf.estimator.ModeKeys.TRAIN, params)
+        model.input_fn(config, tf.estimator.ModeKeys.TRAIN)(config)).get_next()
+    spec = model.model_fn(features, labels, tf.estimator.ModeKeys.TRAIN, config)
     variables = tf.trainable_variables()
     with tf.Session() as session:
       session.run(tf.global_variables_initializer())

@@ -31,6 +31,7 @@ from input_fns import tfds_layout
 from tests import conftest
 from tests.test_masf import _make_mini_pacs
 from tests.test_protoattend import _write_split
+from tools import build_pacs_tfrecords
 from tools import build_tfds_flowers
 
 FLOWERS = "flowers_kaggle_128"
@@ -263,7 +264,8 @@ def test_pacs_predict_dataset_names_images_by_relative_path(tmp_path, from_recor
   data_dir = None
   if from_records:
     data_dir = str(tmp_path / "records")
-    pacs.build_tfrecords(root, data_dir, domains=("cartoon",), splits=("test",))
+    build_pacs_tfrecords.build_tfrecords(root, data_dir, domains=("cartoon",),
+                                         splits=("test",))
   source = pacs.PacsSource(data_dir=data_dir, dataroot=root)
   batches = read_all(lambda params: pacs.predict_dataset(
       source, [("cartoon", "test")], 64, params["batch_size"]), 8)

@@ -7,7 +7,6 @@ import struct
 import subprocess
 import sys
 
-from absl import flags
 import numpy as np
 import pytest
 import tensorflow.compat.v1 as tf
@@ -15,13 +14,15 @@ import tensorflow.compat.v1 as tf
 from estimators.protoattend import model_fn as model_fn_lib
 from estimators.protoattend import network
 from estimators import layers
+from estimators import run_loop
+from input_fns import data_root
 from input_fns import fashion_mnist
+from migration import backend as backend_lib
 from preprocessing import pad_crop_flip
 from tests import conftest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DATA_DIR = os.path.join(os.environ.get("DATA_ROOT") or os.path.join(REPO, "..", "shared",
-                                                                    "data"), "fashion_mnist")
+DATA_DIR = os.path.join(data_root(), "fashion_mnist")
 
 TINY = dict(img_size=28, num_classes=10, normalization="sparsemax", attention_dim=16,
             val_dim=64, final_units=256, epsilon_sparsity=1e-6, sparsity_weight=1e-4,
@@ -59,7 +60,7 @@ def _expected_encoder_params(depth=32, attention_dim=16, val_dim=64, final_units
 def test_encoder_shapes_and_resnet32_parameter_count():
   with tf.Graph().as_default():
     images = tf.zeros([3, 28, 28, 1])
-    keys, queries, values = network.encoder(images, training=True)
+    keys, queries, values = network.encoder(images, is_training=True)
     assert keys.shape.as_list() == [3, 16]
     assert queries.shape.as_list() == [3, 16]
     assert values.shape.as_list() == [3, 64]
@@ -74,7 +75,7 @@ def test_encoder_shapes_and_resnet32_parameter_count():
 
 def test_encoder_downsamples_28_14_7():
   with tf.Graph().as_default():
-    network.encoder(tf.zeros([2, 28, 28, 1]), training=False, depth=8)
+    network.encoder(tf.zeros([2, 28, 28, 1]), is_training=False, depth=8)
     graph = tf.get_default_graph()
     shapes = {op.name: op.outputs[0].shape.as_list() for op in graph.get_operations()
               if op.type == "Conv2D"}
@@ -596,89 +597,124 @@ def test_in_batch_candidates_never_attend_to_self():
   with tf.Graph().as_default():
     features = {"image": tf.constant(rng.randn(6, 28, 28, 1), tf.float32)}
     labels = tf.constant(rng.randint(0, 10, 6), tf.int32)
-    outputs = model_fn_lib.build_outputs(features, labels, TINY, training=True)
+    outputs = model_fn_lib.build_outputs(features, labels, TINY, is_training=True)
     weights = _run(outputs["weights"])
   assert weights.shape == (6, 6)
   np.testing.assert_array_equal(np.diag(weights), 0.0)
 
 
-def _flag_values():
-  from estimators import protoattend
-  fv = flags.FlagValues()
-  for name, default in (("train_steps", 0), ("train_batch_size", 32),
-                        ("eval_batch_size", 32), ("tf_random_seed", 0),
-                        ("log_step_count_steps", 100), ("save_checkpoints_steps", 100),
-                        ("eval_steps", 0), ("steps_per_eval", 0)):
-    flags.DEFINE_integer(name, default, "", flag_values=fv)
-  flags.DEFINE_float("train_epochs", None, "", flag_values=fv)
-  for name in ("data_dir", "model_dir"):
-    flags.DEFINE_string(name, "", "", flag_values=fv)
-  flags.DEFINE_string("device", "auto", "", flag_values=fv)
-  model = protoattend.ProtoAttend()
-  model.define_flags(fv)
-  return model, fv
+def parse(*argv):
+  """(model, flag values) of `protoattend.py --model_dir=... argv`, parsed by the run loop."""
+  return run_loop.parse_flags("protoattend", ["--model_dir=/tmp/unused_run", "--device=cpu"]
+                              + list(argv))
 
 
-def test_flags_defaults_aliases_and_validation():
-  model, fv = _flag_values()
-  fv(["prog", "--num_steps=500", "--batch_size=64", "--normalization=softmax",
-      "--val_step=400", "--display_step=50", "--save_step=1000", "--random_seed=3",
-      "--chip=cpu", "--data_url=/d", "--train_url=/m"])
-  params = model.params(fv)
-  assert fv.train_steps == 500 and fv.train_batch_size == 64
-  assert (fv.steps_per_eval, fv.log_step_count_steps, fv.save_checkpoints_steps,
-          fv.tf_random_seed, fv.device, fv.data_dir, fv.model_dir) == (
-              400, 50, 1000, 3, "cpu", "/d", "/m")
-  assert params["normalization"] == "softmax"
+def configured(*argv):
+  """(model, Config) of a ProtoAttend run with `argv`, worked out as the run loop does it
+  (flag ranges, configure, check_inputs); ConfigError (a ValueError) on a bad flag."""
+  model, flag_values = parse(*argv)
+  return model, run_loop.configure(model, flag_values, backend_lib.select_backend("cpu"))
+
+
+def test_flags_defaults_aliases_and_validation(synthetic):
+  _, config = configured(
+      "--data_url=%s" % synthetic[1], "--num_steps=500", "--batch_size=64",
+      "--normalization=softmax", "--val_step=400", "--display_step=50",
+      "--save_step=1000", "--random_seed=3", "--chip=cpu", "--train_url=/m",
+      "--eval_cand_size=64")
+  assert config.train_steps == 500 and config.train_batch_size == 64
+  assert (config.steps_per_eval, config.log_step_count_steps, config.tf_random_seed,
+          config.data_dir, config.model_dir) == (400, 50, 3, synthetic[1], "/m")
+  assert (run_loop.FLAGS.save_checkpoints_steps, run_loop.FLAGS.device) == (1000, "cpu")
+  assert config.normalization == "softmax"
+  _, config = configured("--data_dir=%s" % synthetic[1], "--eval_cand_size=64")
   expected = dict(attention_dim=16, val_dim=64, final_units=256, epsilon_sparsity=1e-6,
                   sparsity_weight=1e-4, alpha_intermediate=0.5, init_learning_rate=1e-3,
                   decay_every=2000, decay_rate=0.9, gradient_thresh=20.0,
-                  example_cand_size=1024, eval_cand_size=1024, img_size=28, num_classes=10)
-  assert {k: params[k] for k in expected} == expected
-  model2, fv2 = _flag_values()
-  fv2(["prog"])
-  assert fv2.train_steps == 100000 and fv2.log_step_count_steps == 500
-  assert fv2.save_checkpoints_steps == 4000 and fv2.tf_random_seed == 1
-  fv2.eval_cand_size = 70000
-  with pytest.raises(ValueError, match="--eval_cand_size=70000"):
-    model2.validate_flags(fv2)
-  fv2.eval_cand_size = 1024
-  fv2.resnet_depth = 30
-  with pytest.raises(ValueError, match="--resnet_depth=30"):
-    model2.validate_flags(fv2)
-  fv2.resnet_depth = 32
-  fv2.in_batch_candidates = True
-  fv2.train_batch_size = 1
-  with pytest.raises(ValueError, match="--train_batch_size=1"):
-    model2.validate_flags(fv2)
-  fv2.train_batch_size = 128
-  fv2.data_dir = "/nonexistent/fmnist"
-  with pytest.raises(ValueError, match="--data_dir='/nonexistent/fmnist'"):
-    model2.validate_flags(fv2)
+                  example_cand_size=1024, img_size=28, num_classes=10, train_steps=100000,
+                  log_step_count_steps=500, tf_random_seed=1, train_batch_size=128,
+                  eval_batch_size=1000)
+  assert {k: config[k] for k in expected} == expected
+  assert run_loop.FLAGS.save_checkpoints_steps == 4000
 
 
-def test_epochs_count_the_training_set_actually_used(synthetic):
-  model, fv = _flag_values()
-  fv(["prog", "--data_dir=%s" % synthetic[1], "--train_epochs=2", "--batch_size=16"])
-  assert model.train_steps(fv) == math.ceil(2 * SYNTHETIC_TRAIN / 16.0)  # 25
-  fv.unparse_flags()
-  fv(["prog", "--data_dir=%s" % synthetic[1]])
-  assert model.train_steps(fv) == 100000, "the recipe's steps without --train_epochs"
+@pytest.mark.parametrize("argv, message", [
+    (["--eval_cand_size=70000"], "--eval_cand_size=70000 must lie in [1, 60000]"),
+    (["--eval_cand_size=0"], "--eval_cand_size=0 must be > 0"),
+    (["--resnet_depth=30"], "--resnet_depth=30 must be 6n+2"),
+    (["--img_size=32"], "--img_size=32 must be 28 (Fashion-MNIST)"),
+    (["--num_classes=11"], "--num_classes=11 must be 10 (Fashion-MNIST)"),
+    (["--alpha_intermediate=1.5"], "--alpha_intermediate=1.5 must lie in [0.0, 1.0]"),
+    (["--sparsity_weight=-1"], "--sparsity_weight=-1.0 must be >= 0"),
+    (["--in_batch_candidates", "--train_batch_size=1"],
+     "--train_batch_size=1 must be >= 2 with --in_batch_candidates"),
+    (["--data_dir=/nonexistent/fmnist"], "--data_dir='/nonexistent/fmnist': "
+     "/nonexistent/fmnist holds neither"),
+])
+def test_bad_flags_fail_in_one_line_naming_the_flag(argv, message, tmp_path):
+  idx_dir = str(tmp_path)  # empty IDX files: configure reads none (check_inputs would)
+  for name in (n for names in fashion_mnist.IDX_FILES.values() for n in names):
+    open(os.path.join(idx_dir, name), "wb").close()
+  with pytest.raises(ValueError) as error:
+    configured("--data_dir=%s" % idx_dir, *argv)
+  assert str(error.value).startswith(message), str(error.value)
 
 
-def test_tfrecord_cache_defaults_to_a_folder_in_model_dir(synthetic, tmp_path, monkeypatch):
-  caches = []
+def test_eval_cand_size_is_bounded_by_this_runs_training_images(synthetic):
+  with pytest.raises(ValueError, match=r"--eval_cand_size=201 must lie in \[1, 200\]"):
+    configured("--data_dir=%s" % synthetic[1], "--eval_cand_size=201")
+  _, config = configured("--data_dir=%s" % synthetic[1], "--mode=train")  # no eval database
+  assert config.eval_cand_size == 1024
+
+
+def test_counts_steps_and_folders_are_worked_out_once(synthetic, monkeypatch):
+  _, config = configured("--data_dir=%s" % synthetic[1], "--train_epochs=2",
+                         "--batch_size=16", "--eval_batch_size=100", "--eval_cand_size=64")
+  assert config.train_steps == math.ceil(2 * SYNTHETIC_TRAIN / 16.0)  # 25
+  assert config.record_counts == {"train": SYNTHETIC_TRAIN, "test": SYNTHETIC_TEST,
+                                  "ood": fashion_mnist.OOD_SIZE}
+  assert config.eval_steps == math.ceil((SYNTHETIC_TEST + fashion_mnist.OOD_SIZE) / 100.0)
+  assert config.tfrecord_dir == config.data_dir == synthetic[1]
+  model, without_ood = configured("--data_dir=%s" % synthetic[1], "--eval_cand_size=64",
+                                  "--eval_steps=3", "--ood_eval=false")
+  assert (without_ood.eval_steps, sorted(without_ood.record_counts)) == (3, ["test", "train"])
+  # The hooks read the Config: none looks the data up again.
+  monkeypatch.setattr(fashion_mnist, "split_size", None)
+  monkeypatch.setattr(fashion_mnist, "record_counts", None)
+  for mode in ("train", "eval", "infer"):
+    _first_batches(model.input_fn(config.replace(eval_cand_size=16), mode), 4)
+
+
+def test_tfrecord_cache_is_fixed_by_configure_and_built_by_check_inputs(synthetic, tmp_path,
+                                                                       monkeypatch):
+  model, flag_values = parse("--data_dir=%s" % synthetic[0],
+                             "--model_dir=%s" % (tmp_path / "run"))
+  config = model.configure(flag_values, run_loop.run_values(
+      flag_values, backend_lib.select_backend("cpu")))
+  cache = str(tmp_path / "run" / "fashion_mnist_tfrecords")
+  assert config.tfrecord_dir == cache and not os.path.exists(cache), "not built yet"
+  assert config.record_counts["train"] == fashion_mnist.SPLIT_SIZES["train"]
+  assert "<model_dir>/fashion_mnist_tfrecords" in flag_values["tfrecord_dir"].help
+  built = []
   monkeypatch.setattr(fashion_mnist, "ensure_tfrecords",
-                      lambda data_dir, cache, include_ood: caches.append(cache) or cache)
-  model, fv = _flag_values()
-  fv(["prog", "--data_dir=%s" % synthetic[0], "--model_dir=%s" % (tmp_path / "run")])
-  model.tfrecord_dir(fv)
-  assert caches == [str(tmp_path / "run" / "fashion_mnist_tfrecords")]
-  assert "<model_dir>/fashion_mnist_tfrecords" in fv["tfrecord_dir"].help
+                      lambda data_dir, cache, include_ood: built.append((data_dir, cache)))
+  monkeypatch.setattr(fashion_mnist, "check_record_counts", lambda *args: None)
+  model.check_inputs(config)
+  assert built == [(synthetic[0], cache)]
+
+
+def test_network_build_is_the_query_encoder_and_classifier():
+  with tf.Graph().as_default():
+    logits, end_points = network.build(tf.zeros([3, 28, 28, 1]), 10, False, TINY)
+    assert logits.shape.as_list() == [3, 10]
+    assert end_points["values"].shape.as_list() == [3, 64]
+    assert {"keys", "queries", "values", "logits"} <= set(end_points)
+    names = {v.op.name for v in tf.global_variables()}
+    assert "classifier/dense/kernel" in names and "encoder/keys/kernel" in names
 
 
 def test_help_names_the_flags_that_make_training_fast():
-  _, fv = _flag_values()
+  _, fv = parse()
   assert ("--in_batch_candidates" in fv["example_cand_size"].help and
           "bf16" in fv["example_cand_size"].help)
 

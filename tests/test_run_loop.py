@@ -88,21 +88,39 @@ def test_throughput_leaves_out_each_calls_first_step_unless_that_is_all():
   assert throughput.measured() == (4, 1.0, True)
 
 
+def train_steps_of(*argv):
+  return run_loop.prepare("tiny", ["--model_dir=/tmp/unused"] + list(argv)).config.train_steps
+
+
 def test_train_epochs_set_the_steps_and_train_steps_overrides_the_default():
-  model, flag_values = run_loop.parse_flags("tiny", ["--model_dir=/tmp/unused",
-                                                     "--train_epochs=2.5"])
-  assert model.train_steps(flag_values) == 20  # 2.5 x 256 examples / batch 32
-  model, flag_values = run_loop.parse_flags("tiny", [
-      "--model_dir=/tmp/unused", "--train_epochs=0.1", "--tiny_examples=300",
-      "--train_batch_size=10"])
-  assert model.train_steps(flag_values) == 3, "0.1 * 300 / 10 is 3, not 3.0000000000000004"
-  model, flag_values = run_loop.parse_flags("tiny", ["--model_dir=/tmp/unused",
-                                                     "--train_steps=7"])
-  assert model.train_steps(flag_values) == 7
-  model, flag_values = run_loop.parse_flags("tiny", ["--model_dir=/tmp/unused"])
-  assert model.train_steps(flag_values) == 20  # the model's default
+  assert train_steps_of("--train_epochs=2.5") == 20  # 2.5 x 256 examples / batch 32
+  assert train_steps_of("--train_epochs=0.1", "--tiny_examples=300",
+                        "--train_batch_size=10") == 3, "0.1 * 300 / 10 is 3, not 3.0000000000000004"
+  assert train_steps_of("--train_steps=7") == 7
+  assert train_steps_of() == 20  # the model's default
   assert registry.Model.headline_metric == ("top_1_accuracy",
                                             "top-1 accuracy on the validation split")
+
+
+def test_the_config_is_frozen_printable_and_worked_out_once():
+  config = run_loop.prepare("tiny", ["--model_dir=/tmp/unused", "--tiny_hidden=8"]).config
+  assert config.hidden == 8 and config["hidden"] == 8
+  assert config.steps_per_eval == config.train_steps == 20, "evaluated once at the end"
+  with pytest.raises(AttributeError, match="frozen"):
+    config.hidden = 9
+  assert config.replace(hidden=9).hidden == 9 and config.hidden == 8
+  assert "hidden=8" in repr(config) and "train_batch_size=32" in repr(config)
+
+
+def test_flag_ranges_come_from_the_table(tmp_path):
+  code, out = run_entry("--model_dir=" + str(tmp_path / "run"), "--tiny_hidden=0")
+  assert code != 0 and "error: --tiny_hidden=0 must be >= 1" in out, out[-2000:]
+
+
+def test_a_models_defaults_of_run_loop_flags_do_not_leak_into_the_next_model():
+  assert run_loop.prepare("tiny", ["--model_dir=/tmp/unused"]).config.train_batch_size == 32
+  run_loop.FLAGS.set_default("train_batch_size", 5)  # as another model of the process might
+  assert run_loop.prepare("tiny", ["--model_dir=/tmp/unused"]).config.train_batch_size == 32
 
 
 def test_help_lists_the_run_loop_and_model_flags_with_the_npu_file_formats():
@@ -135,7 +153,7 @@ def glob_events(model_dir):
     (["--checkpoint_path=/no/ckpt", "--mode=eval"], "--checkpoint_path=/no/ckpt"),
     (["--train_steps=5", "--train_epochs=1"],
      "--train_steps=5 and --train_epochs=1 both set the training length; give one"),
-    (["--train_epochs=0"], "--train_epochs=0.0 must be positive"),
+    (["--train_epochs=0"], "--train_epochs=0.0 must be > 0"),
 ])
 def test_bad_input_exits_before_any_graph(tmp_path, args, message):
   model_dir = tmp_path / "run"
@@ -158,22 +176,20 @@ def test_npu_run_builds_npu_run_config_and_estimator(tmp_path, npu_double, monke
   """With the npu_bridge double, the run loop builds NPURunConfig + NPUEstimator."""
   fusion = tmp_path / "fusion.cfg"
   fusion.write_text('{"Switch": {"GraphFusion": {"ALL": "off"}}}')
-  model, flag_values = run_loop.parse_flags("tiny", [
+  runner = run_loop.prepare("tiny", [
       "--model_dir=" + str(tmp_path / "run"), "--mode=train", "--train_steps=5",
       "--precision_mode=allow_fp32_to_fp16", "--fusion_switch_file=" + str(fusion),
       "--iterations_per_loop=5", "--device=npu"])
   import importlib  # pylint: disable=g-import-not-at-top
   npu_config = importlib.import_module("npu_bridge.estimator.npu.npu_config")
   npu_estimator = importlib.import_module("npu_bridge.estimator.npu.npu_estimator")
-  runner = run_loop.Runner(model, flag_values, backend_lib.activate(
-      backend_lib.select_backend(flag_values.device)))
   assert isinstance(runner.estimator, npu_estimator.NPUEstimator)
   config = runner.estimator.config
   assert isinstance(config, npu_config.NPURunConfig)
   assert config._precision_mode == "allow_fp32_to_fp16"
   assert config._fusion_switch_file == str(fusion)
   assert config.iterations_per_loop == 5 and config._dump_config is None
-  assert runner.estimator.params["loss_scale"] == "dynamic"
+  assert runner.config.loss_scale == "dynamic"
   metrics = runner.run()
   assert metrics["global_step"] == 5
 

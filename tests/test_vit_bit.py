@@ -39,6 +39,7 @@ from input_fns import tf_flowers
 from input_fns import tfds_layout
 from preprocessing import transfer
 from tests import conftest
+from tools import build_cifar_tfrecords
 
 FLOWERS = "flowers_kaggle_128"
 FLOWER_COUNTS = {"daisy": 764, "dandelion": 1052, "rose": 784, "sunflower": 733,
@@ -47,6 +48,7 @@ TINY_VIT = vit_network.ViTConfig(hidden_size=32, mlp_dim=64, num_heads=4, num_la
                                  patch_size=8, dropout_rate=0.0, attention_dropout_rate=0.0,
                                  representation_size=None)
 TINY_BIT = bit_network.BiTConfig(block_units=(1, 1, 1, 1), width_factor=0.5)
+TINY_VIT_CONFIG = {"network_config": TINY_VIT}  # what network.build reads
 DIGITS_CLASSES = 10
 
 
@@ -251,13 +253,13 @@ def save_npz(path, arrays):
   return str(path)
 
 
-def graph_logits(build_logits, images, weights_scaffold):
-  """Builds the network, loads weights through the Scaffold (as a fresh Estimator run
-  does), returns the logits for `images`."""
+def graph_logits(build_logits, images, path, weights_filter):
+  """Builds the network, warm-starts it from `path` through `weights_filter` (as a fresh
+  Estimator run does), returns the logits for `images`."""
   with tf.Graph().as_default():
     inputs = tf.placeholder(tf.float32, images.shape)
     logits = build_logits(inputs)
-    scaffold = weights_scaffold(tf.trainable_variables())
+    scaffold = pretrained.warm_start(path, tf.trainable_variables(), weights_filter)
     creator = tf.train.ChiefSessionCreator(scaffold=scaffold)
     with tf.train.MonitoredSession(session_creator=creator) as session:
       return session.run(logits, {inputs: images})
@@ -269,14 +271,14 @@ def random_images(batch, size, seed=1):
 
 def vit_logits(path, config, num_classes, images, reset_head=False):
   return graph_logits(
-      lambda x: vit_network.vit(x, config, num_classes, training=False), images,
-      lambda variables: vit_weights.scaffold(path, variables, num_classes, reset_head))
+      lambda x: vit_network.build(x, num_classes, False, {"network_config": config})[0],
+      images, path, vit_weights.Filter(num_classes, reset_head))
 
 
 def bit_logits(path, config, num_classes, images, reset_head=False):
   return graph_logits(
-      lambda x: bit_network.bit(x, config, num_classes), images,
-      lambda variables: bit_weights.scaffold(path, variables, num_classes, reset_head))
+      lambda x: bit_network.build(x, num_classes, False, {"network_config": config})[0],
+      images, path, bit_weights.Filter(num_classes, reset_head))
 
 
 # ----------------------------------------------------------------------------------------
@@ -291,9 +293,9 @@ def count_parameters(build):
 @pytest.mark.parametrize("variant,size,expected", [
     ("B/16", 224, 86567656), ("B/16", 384, 86859496), ("B/32", 224, 88224232)])
 def test_vit_parameter_counts(variant, size, expected):
-  config = vit_network.get_config(variant)
   images = lambda: tf.placeholder(tf.float32, [1, size, size, 3])
-  assert count_parameters(lambda: vit_network.vit(images(), config, 1000, False)) == expected
+  assert count_parameters(lambda: vit_network.build(images(), 1000, False,
+                                                    {"variant": variant})) == expected
 
 
 def test_vit_variants_and_token_counts():
@@ -424,9 +426,9 @@ def test_vit_load_errors_list_all_problems_at_once(tmp_path):
   arrays = _broken(vit_npz_arrays(TINY_VIT, 32, 5), missing, "cls", reshaped)
   path = save_npz(tmp_path / "bad.npz", arrays)
   with tf.Graph().as_default():
-    vit_network.vit(tf.placeholder(tf.float32, [1, 32, 32, 3]), TINY_VIT, 5, False)
+    vit_network.build(tf.placeholder(tf.float32, [1, 32, 32, 3]), 5, False, TINY_VIT_CONFIG)
     with pytest.raises(pretrained.WeightsMismatchError) as error:
-      vit_weights.plan(path, tf.trainable_variables(), 5)
+      pretrained.plan(path, tf.trainable_variables(), vit_weights.Filter(5))
   assert error.value.missing == [missing]
   assert error.value.extra == ["bogus/cls"]
   assert [m[0] for m in error.value.mismatched] == [reshaped]
@@ -440,9 +442,9 @@ def test_vit_non_square_position_embedding_is_reported_as_mis_shaped(tmp_path):
   arrays[vit_weights.POSITION_EMBEDDING] = arrays[vit_weights.POSITION_EMBEDDING][:, :13]
   path = save_npz(tmp_path / "bad.npz", arrays)
   with tf.Graph().as_default():
-    vit_network.vit(tf.placeholder(tf.float32, [1, 32, 32, 3]), TINY_VIT, 5, False)
+    vit_network.build(tf.placeholder(tf.float32, [1, 32, 32, 3]), 5, False, TINY_VIT_CONFIG)
     with pytest.raises(pretrained.WeightsMismatchError, match="pos_embedding file"):
-      vit_weights.plan(path, tf.trainable_variables(), 5)
+      pretrained.plan(path, tf.trainable_variables(), vit_weights.Filter(5))
 
 
 def test_bit_load_errors_list_all_problems_at_once(tmp_path):
@@ -452,9 +454,10 @@ def test_bit_load_errors_list_all_problems_at_once(tmp_path):
                    reshaped)
   path = save_npz(tmp_path / "bad.npz", arrays)
   with tf.Graph().as_default():
-    bit_network.bit(tf.placeholder(tf.float32, [1, 64, 64, 3]), TINY_BIT, 5)
+    bit_network.build(tf.placeholder(tf.float32, [1, 64, 64, 3]), 5, False,
+                      {"network_config": TINY_BIT})
     with pytest.raises(pretrained.WeightsMismatchError) as error:
-      bit_weights.plan(path, tf.trainable_variables(), 5)
+      pretrained.plan(path, tf.trainable_variables(), bit_weights.Filter(5))
   assert (error.value.missing, error.value.extra) == (
       [missing], ["bogus/resnet/group_norm/gamma"])
   assert [m[0] for m in error.value.mismatched] == [reshaped]
@@ -478,9 +481,9 @@ def test_weights_are_assigned_in_few_session_runs(tmp_path, monkeypatch, chunk_b
     monkeypatch.setattr(pretrained, "ASSIGN_CHUNK_BYTES", chunk_bytes)
   path = save_npz(tmp_path / "vit.npz", vit_npz_arrays(TINY_VIT, 32, 5))
   with tf.Graph().as_default():
-    vit_network.vit(tf.placeholder(tf.float32, [1, 32, 32, 3]), TINY_VIT, 5, False)
+    vit_network.build(tf.placeholder(tf.float32, [1, 32, 32, 3]), 5, False, TINY_VIT_CONFIG)
     variables = tf.trainable_variables()
-    scaffold = vit_weights.scaffold(path, variables, 5)
+    scaffold = pretrained.warm_start(path, variables, vit_weights.Filter(5))
     scaffold.finalize()
     with tf.Session() as session:
       session.run(scaffold.init_op)
@@ -497,7 +500,8 @@ def test_vit_initialisers_are_the_official_ones():
   config = TINY_VIT._replace(hidden_size=64, num_heads=4)
   with tf.Graph().as_default():
     tf.set_random_seed(0)
-    vit_network.vit(tf.placeholder(tf.float32, [1, 128, 128, 3]), config, 5, False)
+    vit_network.build(tf.placeholder(tf.float32, [1, 128, 128, 3]), 5, False,
+                      {"network_config": config})
     with tf.Session() as session:
       session.run(tf.global_variables_initializer())
       values = {v.op.name: session.run(v) for v in tf.trainable_variables()}
@@ -604,8 +608,10 @@ def test_npu_estimator_warm_starts_with_npu_dropout_and_loss_scaling(tmp_path, m
       keep_checkpoint_max=1, save_summary_steps=100, log_step_count_steps=100,
       tf_random_seed=1, intra_op_threads=0, inter_op_threads=0)
   config = run_config_lib.build_run_config(backend, run_options)
-  estimator = estimator_lib.create_estimator(model_fn, config, params, train_batch_size=2,
-                                             eval_batch_size=2, backend=backend)
+  # Named `params`: the Estimator would hand a model_fn's `config` argument its RunConfig.
+  estimator = estimator_lib.create_estimator(
+      lambda features, labels, mode, params: model_fn(features, labels, mode, params),
+      config, params, train_batch_size=2, eval_batch_size=2, backend=backend)
   assert type(estimator).__name__ == "NPUEstimator"
   estimator.train(synthetic_input_fn(32, 5), max_steps=2)
   np.testing.assert_array_equal(estimator.get_variable_value(probe), arrays[probe])
@@ -803,9 +809,9 @@ def write_fake_cifar10(folder, per_batch=4, seed=0):
 
 def test_cifar_pickles_convert_to_tfds_layout(tmp_path):
   batches = write_fake_cifar10(tmp_path / "cifar-10-batches-py")
-  assert cifar.detect_variant(str(tmp_path / "cifar-10-batches-py")) == "cifar10"
-  cifar.convert(str(tmp_path / "cifar-10-batches-py"), str(tmp_path / "tfds"),
-                check_counts=False)
+  source = str(tmp_path / "cifar-10-batches-py")
+  assert build_cifar_tfrecords.detect_variant(source) == "cifar10"
+  build_cifar_tfrecords.convert(source, str(tmp_path / "tfds"), check_counts=False)
   data = cifar.dataset(str(tmp_path / "tfds"), "cifar10")
   assert data.class_names()[:2] == ["airplane", "automobile"]
   assert data.num_examples("train") == 20 and data.num_examples("test") == 4
@@ -829,13 +835,13 @@ def test_cifar_unpickler_refuses_anything_but_cifar_content(tmp_path):
   path = tmp_path / "data_batch_1"
   _cifar_pickle(path, {b"data": _Exploit()})
   with pytest.raises(ValueError, match="is not allowed in a CIFAR pickle"):
-    cifar.load_pickle(str(path))
+    build_cifar_tfrecords.load_pickle(str(path))
   _cifar_pickle(path, {b"data": np.zeros((2, 100), np.uint8), b"labels": [0, 1]})
   with pytest.raises(ValueError, match=r"uint8 array \[N, 3072\]"):
-    cifar.load_batch(str(path), b"labels", 10)
+    build_cifar_tfrecords.load_batch(str(path), b"labels", 10)
   _cifar_pickle(path, {b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 10]})
   with pytest.raises(ValueError, match=r"labels must lie in \[0, 10\)"):
-    cifar.load_batch(str(path), b"labels", 10)
+    build_cifar_tfrecords.load_batch(str(path), b"labels", 10)
 
 
 # ----------------------------------------------------------------------------------------
@@ -845,54 +851,77 @@ def parse(model_name, *argv):
   return run_loop.parse_flags(model_name, ["--model_dir=/tmp/unused"] + list(argv))
 
 
+def configure(model_name, *argv):
+  """(model, the run's Config) as the run loop works it out on the CPU, without the data
+  checks that follow (run_loop.configure adds those and the flag ranges)."""
+  model, flag_values = parse(model_name, *argv)
+  return model, model.configure(flag_values,
+                                run_loop.run_values(flag_values, backend_lib.Backend("cpu")))
+
+
 def test_vit_recipe_defaults_and_overrides(flowers_tfds):
-  model, flag_values = parse("vit", "--data_dir=" + flowers_tfds)
+  model, config = configure("vit", "--data_dir=" + flowers_tfds)
   assert isinstance(model, registry.Model) and model.name == "vit"
-  params = model.params(flag_values)
-  assert (params["variant"], params["num_classes"], params["image_size"]) == ("B/16", 5, 384)
-  assert (params["learning_rate"], params["warmup_steps"], params["train_steps"]) == (
-      0.03, 100, 500)
-  assert (params["momentum"], params["grad_clip_norm"], params["representation_size"]) == (
+  assert (config.variant, config.num_classes, config.image_size) == ("B/16", 5, 384)
+  assert (config.learning_rate, config.warmup_steps, config.train_steps) == (0.03, 100, 500)
+  assert (config.momentum, config.grad_clip_norm, config.representation_size) == (
       0.9, 1.0, None)
-  assert (params["train_split"], params["eval_split"]) == ("train[:85%]", "train[85%:]")
-  model, flag_values = parse("vit", "--data_dir=" + flowers_tfds, "--vit_model=Ti/16",
-                             "--image_size=224", "--learning_rate=0.01", "--train_steps=50",
-                             "--warmup_steps=5", "--grad_clip_norm=0", "--vit_dropout=0.1")
-  params = model.params(flag_values)
-  assert (params["variant"], params["image_size"], params["learning_rate"],
-          params["train_steps"], params["warmup_steps"], params["grad_clip_norm"],
-          params["dropout_rate"]) == ("Ti/16", 224, 0.01, 50, 5, 0.0, 0.1)
-  model.validate_flags(flag_values)
+  assert (config.train_split, config.eval_split) == ("train[:85%]", "train[85%:]")
+  assert config.class_names == list(tf_flowers.CLASS_NAMES)
+  assert config.train_examples is None, "nothing asked for the count"
+  _, config = configure("vit", "--data_dir=" + flowers_tfds, "--vit_model=Ti/16",
+                        "--image_size=224", "--learning_rate=0.01", "--train_steps=50",
+                        "--warmup_steps=5", "--grad_clip_norm=0", "--vit_dropout=0.1")
+  assert (config.variant, config.image_size, config.learning_rate, config.train_steps,
+          config.warmup_steps, config.grad_clip_norm, config.dropout_rate) == (
+              "Ti/16", 224, 0.01, 50, 5, 0.0, 0.1)
 
 
 def test_bit_recipe_hyperrule_and_keras_io(flowers_tfds):
-  model, flag_values = parse("bit", "--data_dir=" + flowers_tfds, "--train_batch_size=64")
-  params = model.params(flag_values)
-  assert (params["resize_size"], params["image_size"]) == (512, 480)
-  assert (params["train_steps"], params["warmup_steps"], params["lr_boundaries"],
-          params["mixup_alpha"]) == (500, 100, [200, 300, 400], 0.0)
-  assert params["learning_rate"] == pytest.approx(0.003 * 64 / 512)
-  model, flag_values = parse("bit", "--data_dir=" + flowers_tfds, "--train_batch_size=64",
-                             "--num_train_examples=50000")
-  params = model.params(flag_values)
-  assert (params["train_steps"], params["warmup_steps"], params["lr_boundaries"],
-          params["mixup_alpha"]) == (10000, 500, [3000, 6000, 9000], 0.1)
-  model, flag_values = parse("bit", "--data_dir=" + flowers_tfds, "--train_batch_size=64",
-                             "--nohyperrule", "--mixup_alpha=0.2", "--lr_boundaries=10,20")
-  params = model.params(flag_values)
-  assert (params["resize_size"], params["image_size"], params["train_steps"],
-          params["warmup_steps"], params["lr_boundaries"], params["mixup_alpha"]) == (
-              384, 224, 4000, 0, [10, 20], 0.2)
+  _, config = configure("bit", "--data_dir=" + flowers_tfds, "--train_batch_size=64")
+  assert (config.resize_size, config.image_size) == (512, 480)
+  assert (config.train_steps, config.warmup_steps, config.lr_boundaries,
+          config.mixup_alpha) == (500, 100, [200, 300, 400], 0.0)
+  assert config.learning_rate == pytest.approx(0.003 * 64 / 512)
+  _, config = configure("bit", "--data_dir=" + flowers_tfds, "--train_batch_size=64",
+                        "--num_train_examples=50000")
+  assert (config.train_steps, config.warmup_steps, config.lr_boundaries,
+          config.mixup_alpha) == (10000, 500, [3000, 6000, 9000], 0.1)
+  _, config = configure("bit", "--data_dir=" + flowers_tfds, "--train_batch_size=64",
+                        "--nohyperrule", "--mixup_alpha=0.2", "--lr_boundaries=10,20")
+  assert (config.resize_size, config.image_size, config.train_steps, config.warmup_steps,
+          config.lr_boundaries, config.mixup_alpha) == (384, 224, 4000, 0, [10, 20], 0.2)
 
 
 def test_train_epochs_set_the_steps_of_vit_and_bit(flowers_tfds):
   examples = finetune.make_source("tf_flowers", flowers_tfds).num_examples(
       tf_flowers.TRAIN_SPLIT)
   for name in ("vit", "bit"):
-    model, flag_values = parse(name, "--data_dir=" + flowers_tfds, "--train_batch_size=64",
-                               "--train_epochs=2")
-    assert model.train_examples(flag_values) == examples
-    assert model.params(flag_values)["train_steps"] == math.ceil(2 * examples / 64.0)
+    _, config = configure(name, "--data_dir=" + flowers_tfds, "--train_batch_size=64",
+                          "--train_epochs=2")
+    assert config.train_examples == examples
+    assert config.train_steps == math.ceil(2 * examples / 64.0)
+
+
+def test_the_hooks_read_the_recipe_from_the_config(flowers_tfds, cpu_backend):
+  """input_fn, serving input and summary take what configure() worked out, and the
+  evaluation keeps its last partial batch unless batch shapes must stay fixed (NPU)."""
+  del cpu_backend
+  model, config = configure("vit", "--data_dir=" + flowers_tfds, "--vit_model=Ti/16",
+                            "--image_size=32")
+  assert repr(config.source) == "TfdsSource(%r)" % os.path.join(flowers_tfds, "tf_flowers",
+                                                                "3.0.1")
+  for fixed, last_batch in ((False, 48), (True, 100)):
+    evaluation = model.input_fn(config.replace(fixed_batch_shapes=fixed),
+                                tf.estimator.ModeKeys.EVAL)
+    assert [len(b[1]) for b in _read_all(lambda: evaluation({"batch_size": 100}))][-1] == (
+        last_batch)
+  with tf.Graph().as_default():
+    receiver = model.serving_input_receiver_fn(config)()
+    assert receiver.receiver_tensors["image"].shape.as_list() == [None, 32, 32, 3]
+  summary = model.summarize({"accuracy": 0.5, "loss": 1.0, "global_step": 7}, config)
+  assert summary == ("vit eval at global step 7: top-1 50.00% accuracy on tf_flowers "
+                     "train[85%:], loss 1.0000 (cross-entropy)")
 
 
 def test_bit_hyperrule_warmup_and_boundaries_scale_with_the_steps(flowers_tfds, caplog):
@@ -906,9 +935,8 @@ def test_bit_hyperrule_warmup_and_boundaries_scale_with_the_steps(flowers_tfds, 
     model, flag_values = parse("bit", "--data_dir=" + flowers_tfds, "--train_batch_size=64",
                                *argv)
     caplog.set_level(logging.INFO, logger="absl")  # after parsing: --verbosity resets it
-    model.validate_flags(flag_values)
-    params = model.params(flag_values)
-    assert (params["train_steps"], params["warmup_steps"], params["lr_boundaries"]) == expected
+    config = run_loop.configure(model, flag_values, backend_lib.Backend("cpu"))
+    assert (config.train_steps, config.warmup_steps, config.lr_boundaries) == expected
   logged = [r.getMessage() for r in caplog.records if "BiT schedule" in r.getMessage()]
   assert len(logged) == 4 and logged[0].startswith(
       "BiT schedule: 1000 steps, linear warm-up over 200, lr 0.000375 / 10 after steps 400, "
@@ -927,12 +955,13 @@ def test_bit_takes_the_tf2_seed_flag_names_to_the_npu_run_config(flowers_tfds, t
       "--mixlist_file=%s" % mixlist, "--fusion_off_flag=True", "--fusion_off_file=%s" % fusion,
       "--over_dump=True", "--over_dump_path=%s" % tmp_path, "--profiling=True",
       "--profiling_dump_path=/tmp/prof")
-  examples = model.train_examples(flag_values)
-  assert (flag_values.train_batch_size, flag_values.log_step_count_steps) == (32, 5)
-  assert model.train_steps(flag_values) == math.ceil(examples / 32.0)
+  backend = backend_lib.activate(backend_lib.select_backend("npu"))
+  bit_config = model.configure(flag_values, run_loop.run_values(flag_values, backend))
+  assert (bit_config.train_batch_size, bit_config.log_step_count_steps) == (32, 5)
+  assert bit_config.train_steps == math.ceil(bit_config.train_examples / 32.0)
+  assert bit_config.fixed_batch_shapes, "the NPU keeps batch shapes static"
   options = run_loop.npu_options(flag_values)
   validation.check_npu_options(options)
-  backend = backend_lib.activate(backend_lib.select_backend("npu"))
   config = run_config_lib.build_run_config(backend, run_loop.run_options(flag_values), options)
   assert config._modify_mixlist == str(mixlist) and config._fusion_switch_file == str(fusion)
   assert (config._dump_config._enable_dump_debug, config._dump_config._dump_path) == (
@@ -952,24 +981,25 @@ def test_bit_takes_the_tf2_seed_flag_names_to_the_npu_run_config(flowers_tfds, t
     ("vit", ["--vit_dropout=1.5"], "--vit_dropout=1.5 must lie in [0, 1)"),
     ("bit", ["--resize_size=100", "--image_size=128"], "--resize_size=100 is smaller"),
     ("bit", ["--lr_boundaries=30,20"], "--lr_boundaries=30,20 must be positive and incr"),
+    ("bit", ["--lr_boundaries=10,x"], "--lr_boundaries=10,x must be integers"),
     ("bit", ["--learning_rate=-1"], "--learning_rate=-1"),
+    ("bit", ["--shuffle_buffer=0"], "--shuffle_buffer=0 must be > 0"),
     ("bit", ["--dataset=cifar10"], "no prepared TFDS dataset cifar10"),
 ])
 def test_bad_flags_name_the_flag(flowers_tfds, model_name, argv, message):
   model, flag_values = parse(model_name, "--data_dir=" + flowers_tfds, *argv)
-  with pytest.raises(ValueError) as error:
-    model.validate_flags(flag_values)
+  with pytest.raises(validation.ConfigError) as error:
+    run_loop.configure(model, flag_values, backend_lib.Backend("cpu"))
   assert message in str(error.value)
 
 
 def test_weights_that_do_not_fit_fail_before_the_graph(flowers_tfds, tmp_path):
   arrays = vit_npz_arrays(TINY_VIT, 32, 5)
   path = save_npz(tmp_path / "tiny.npz", arrays)
-  model, flag_values = parse("vit", "--data_dir=" + flowers_tfds, "--vit_model=Ti/16",
-                             "--image_size=32", "--weights=" + path)
-  model.validate_flags(flag_values)
+  model, config = configure("vit", "--data_dir=" + flowers_tfds, "--vit_model=Ti/16",
+                            "--image_size=32", "--weights=" + path)
   with pytest.raises(pretrained.WeightsMismatchError) as error:
-    model.check_inputs(flag_values)
+    model.check_inputs(config)
   assert "embedding/kernel file (8, 8, 3, 32) != model (16, 16, 3, 192)" in str(error.value)
   assert "Transformer/encoderblock_11/" in str(error.value)  # missing blocks listed too
 
@@ -984,15 +1014,15 @@ def tiny_arrays(model_name):
 
 
 def check_before_the_graph(model_name, weights_path, data_dir, monkeypatch):
-  """validate_flags + check_inputs, as run_loop.run calls them before any graph, with the
-  tiny network (through params["network_config"])."""
+  """run_loop.configure (configure() + check_inputs, before any graph), with the tiny
+  network (through config["network_config"])."""
   model, flag_values = parse(model_name, "--dataset=image_folder", "--data_dir=" + data_dir,
                              "--image_size=32", "--weights=" + weights_path)
   recipe = model.recipe
   tiny = TINY_VIT if model_name == "vit" else TINY_BIT
-  monkeypatch.setattr(model, "recipe", lambda values: dict(recipe(values), network_config=tiny))
-  model.validate_flags(flag_values)
-  model.check_inputs(flag_values)
+  monkeypatch.setattr(model, "recipe", lambda values, config: recipe(values, config).replace(
+      network_config=tiny))
+  run_loop.configure(model, flag_values, backend_lib.Backend("cpu"))
 
 
 def _one_bad_value(value):
@@ -1097,8 +1127,7 @@ def test_run_loop_fine_tunes_from_npz_on_real_flowers(tmp_path, model_name, vari
           "--save_checkpoints_steps=6", "--export_dir=" + str(tmp_path / "export")]
   if model_name == "bit":
     argv.append("--resize_size=40")
-  model, flag_values = run_loop.parse_flags(model_name, argv)
-  metrics = run_loop.run(model, flag_values)
+  metrics = run_loop.prepare(model_name, argv).run()
   assert metrics["global_step"] == 6
   assert np.isfinite(metrics["loss"]) and 0.0 <= metrics["accuracy"] <= 1.0
   assert "top_5_accuracy" not in metrics, "always 100 % with 5 classes"

@@ -1,7 +1,6 @@
 """A tiny registered model for testing the run loop and runtime: 4 Gaussian blobs."""
 import numpy as np
 import tensorflow.compat.v1 as tf
-from absl import flags
 
 from estimators import layers
 from estimators import registry
@@ -51,35 +50,36 @@ def blobs_input_fn(mode, num_examples, label_shift=0):
   return _input_fn
 
 
-@registry.register("tiny")
+@registry.register
 class TinyModel(registry.Model):
 
+  name = "tiny"
   headline_metric = ("accuracy", "accuracy on the blobs' evaluation split")
+  flags = (
+      registry.Flag("tiny_learning_rate", "float", 0.1, "Learning rate.", registry.POSITIVE),
+      registry.Flag("tiny_examples", "integer", 256, "Examples per split.",
+                    registry.at_least(1)),
+      registry.Flag("tiny_hidden", "integer", 16, "Hidden units (another value: another "
+                    "model).", registry.at_least(1)),
+      registry.Flag("tiny_label_shift", "integer", 0, "Added to every label (bad data on "
+                    "demand)."),
+  )
+  run_flag_defaults = {"train_batch_size": 32, "eval_batch_size": 64}
 
-  def define_flags(self):
-    flags.DEFINE_float("tiny_learning_rate", 0.1, "Learning rate.")
-    flags.DEFINE_integer("tiny_examples", 256, "Examples per split.")
-    flags.DEFINE_integer("tiny_hidden", 16, "Hidden units (another value: another model).")
-    flags.DEFINE_integer("tiny_label_shift", 0, "Added to every label (bad data on demand).")
-    flags.FLAGS.set_default("train_batch_size", 32)
-    flags.FLAGS.set_default("eval_batch_size", 64)
+  def configure(self, flag_values, run):
+    return run.replace(
+        learning_rate=flag_values.tiny_learning_rate, hidden=flag_values.tiny_hidden,
+        examples=flag_values.tiny_examples, label_shift=flag_values.tiny_label_shift,
+        train_steps=registry.train_steps(
+            flag_values, lambda: flag_values.tiny_examples / float(run.train_batch_size), 20))
 
-  def params(self, flags_):
-    return {"learning_rate": flags_.tiny_learning_rate, "hidden": flags_.tiny_hidden}
+  def model_fn(self, features, labels, mode, config):
+    return tiny_model_fn(features, labels, mode, config)
 
-  def model_fn(self, features, labels, mode, params):
-    return tiny_model_fn(features, labels, mode, params)
+  def input_fn(self, config, mode):
+    return blobs_input_fn(mode, config.examples, config.label_shift)
 
-  def input_fn(self, flags_, mode):
-    return blobs_input_fn(mode, flags_.tiny_examples, flags_.tiny_label_shift)
-
-  def train_examples(self, flags_):
-    return flags_.tiny_examples
-
-  def default_train_steps(self, flags_):
-    return 20
-
-  def serving_input_receiver_fn(self, flags_):
+  def serving_input_receiver_fn(self, config):
     def _fn():
       x = tf.placeholder(tf.float32, [None, DIM], name="x")
       return tf.estimator.export.ServingInputReceiver({"x": x}, {"x": x})

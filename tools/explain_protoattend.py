@@ -147,22 +147,23 @@ def main(argv):
   del argv
   from absl import flags  # pylint: disable=g-import-not-at-top
   from estimators import protoattend  # pylint: disable=g-import-not-at-top
+  from estimators import registry  # pylint: disable=g-import-not-at-top
   fv = flags.FLAGS
-  model = protoattend.ProtoAttend()
   try:  # bad input: one line naming the flag or file, before any graph is built
     check_model_dir(fv.model_dir)
-    model.validate_flags(fv)
+    registry.check_ranges(protoattend.MODEL_FLAGS, fv)
+    params = protoattend.model_values(fv)  # the model's flags as its model_fn reads them
     data_dir = protoattend.resolve_data_dir(fv.data_dir)
     train_images, train_labels = fashion_mnist.load_split(data_dir, "train")
     test_images, test_labels = fashion_mnist.load_split(data_dir, "test")
     indices = parse_test_indices(fv.test_indices, len(test_images))
+    cand_ids = fashion_mnist.fixed_candidate_ids(
+        params["eval_cand_size"], params["eval_cand_seed"], len(train_images))
   except ValueError as e:  # fashion_mnist.IdxError is one
     raise SystemExit("error: %s" % e)
-  params = model.params(fv)
-  params["eval_cand_seed"] = fv.eval_cand_seed
   predictions = explain(fv.model_dir, test_images[indices], fv.output, params,
-                        train_images, train_labels, labels=test_labels[indices],
-                        scale=fv.scale)
+                        train_images, train_labels, cand_ids=cand_ids,
+                        labels=test_labels[indices], scale=fv.scale)
   for row, index in enumerate(indices):
     print("test #%d: label %d, predicted %d (confidence %.3f), prototypes %s weights [%s]"
           % (index, test_labels[index], predictions["class"][row],
@@ -174,13 +175,16 @@ def main(argv):
 def _define_cli_flags():
   from absl import flags  # pylint: disable=g-import-not-at-top
   from estimators import protoattend  # pylint: disable=g-import-not-at-top
+  from estimators import registry  # pylint: disable=g-import-not-at-top
   flags.DEFINE_string("model_dir", None, "Run directory holding the checkpoint.")
-  flags.DEFINE_string("data_dir", "", "Fashion-MNIST IDX folder (default: $DATA_ROOT).")
+  flags.DEFINE_string("data_dir", "", "Fashion-MNIST IDX folder, or a folder holding "
+                      "fashion_mnist/ (default: the data root's: $DATA_ROOT, else "
+                      "../shared/data).")
   flags.DEFINE_string("output", "protoattend_explanations.png", "PNG to write.")
   flags.DEFINE_string("test_indices", "0,1,2,3", "Comma-separated test-set indices.")
   flags.DEFINE_integer("scale", 3, "Pixel magnification.")
   flags.mark_flag_as_required("model_dir")
-  protoattend.ProtoAttend().define_flags()
+  registry.define_flags(protoattend.MODEL_FLAGS)
 
 
 if __name__ == "__main__":

@@ -41,55 +41,42 @@ EMA_NAME = "ExponentialMovingAverage"
 _BN_MOVING_SUFFIXES = ("/moving_mean", "/moving_variance")
 
 
-def network_config(params, is_training):
-  return network.NetworkConfig(
-      num_cells=params["num_cells"],
-      reduction_size=params["reduction_size"],
-      stem_reduction_size=params["stem_reduction_size"],
-      use_aux_head=params["use_aux_head"],
-      aux_scaling=params["aux_scaling"],
-      dense_dropout_keep_prob=params["dense_dropout_keep_prob"],
-      drop_connect_keep_prob=params["drop_connect_keep_prob"],
-      drop_path_burn_in_steps=params["total_train_steps"],
-      batch_norm_decay=params["batch_norm_decay"],
-      batch_norm_epsilon=params["batch_norm_epsilon"],
-      weight_decay=params["weight_decay"] if is_training else 0.0)
+def steps_per_epoch(config):
+  """num_train_images // train_batch_size: the reference schedule's epoch (the run's step
+  count rounds up instead)."""
+  return config["num_train_images"] // config["train_batch_size"]
 
 
-def steps_per_epoch(params):
-  return params["num_train_images"] // params["train_batch_size"]
-
-
-def learning_rate(params, global_step):
-  """The reference schedule for params["lr_decay_method"] (see the module docstring)."""
-  method, base_lr = params["lr_decay_method"], params["lr"]
-  epoch = steps_per_epoch(params)
+def learning_rate(config, global_step):
+  """The reference schedule for config["lr_decay_method"] (see the module docstring)."""
+  method, base_lr = config["lr_decay_method"], config["lr"]
+  epoch = steps_per_epoch(config)
   kwargs = dict(min_lr=MIN_LR_FRACTION * base_lr)
   if method == "exponential":
-    kwargs.update(decay_steps=params["lr_num_epochs_per_decay"] * epoch,
-                  decay_rate=params["lr_decay_value"], staircase=True,
-                  warmup_steps=int(params["lr_warmup_epochs"] * epoch))
+    kwargs.update(decay_steps=config["lr_num_epochs_per_decay"] * epoch,
+                  decay_rate=config["lr_decay_value"], staircase=True,
+                  warmup_steps=int(config["lr_warmup_epochs"] * epoch))
   elif method == "cosine":
-    kwargs.update(total_steps=params["num_epochs"] * epoch)
+    kwargs.update(total_steps=config["num_epochs"] * epoch)
   elif method == "stepwise":
     kwargs.update(boundaries=[e * epoch for e in STEPWISE_BOUNDARY_EPOCHS],
                   factors=STEPWISE_FACTORS)
   return schedules.learning_rate(global_step, method, base_lr, **kwargs)
 
 
-def build_optimizer(params, lr):
-  name = params["optimizer"]
+def build_optimizer(config, lr):
+  name = config["optimizer"]
   if name == "sgd":
     optimizer = tf.train.GradientDescentOptimizer(lr)
   elif name == "momentum":
-    optimizer = tf.train.MomentumOptimizer(lr, params["momentum_rate"],
-                                           use_nesterov=params["use_nesterov"])
+    optimizer = tf.train.MomentumOptimizer(lr, config["momentum_rate"],
+                                           use_nesterov=config["use_nesterov"])
   elif name == "rmsprop":
     optimizer = tf.train.RMSPropOptimizer(lr, RMSPROP_DECAY, momentum=RMSPROP_MOMENTUM,
                                           epsilon=RMSPROP_EPSILON)
   else:
     raise ValueError("--optimizer=%s is not one of %s" % (name, ", ".join(OPTIMIZERS)))
-  return optimizers_lib.wrap_optimizer(optimizer, params)
+  return optimizers_lib.wrap_optimizer(optimizer, config)
 
 
 def ema_variables():
@@ -119,11 +106,11 @@ def apply_ema(decay, global_step, variables):
     return tf.group(*updates, name="update")
 
 
-def ema_scaffold(params):
+def ema_scaffold(config):
   """Scaffold whose Saver restores the EMA shadow values into the model variables."""
-  if params["moving_average_decay"] <= 0:
+  if config["moving_average_decay"] <= 0:
     return None
-  ema = tf.train.ExponentialMovingAverage(params["moving_average_decay"], name=EMA_NAME)
+  ema = tf.train.ExponentialMovingAverage(config["moving_average_decay"], name=EMA_NAME)
   saver = tf.train.Saver(ema.variables_to_restore(ema_variables()), sharded=True)
   return tf.train.Scaffold(saver=saver)
 
@@ -143,10 +130,10 @@ def _images(features):
   return features
 
 
-def _log_model_size(images, training):
+def _log_model_size(images, is_training):
   """Logs the trainable parameters and the forward float ops per image of this graph."""
   tf.logging.info("AmoebaNet %s graph: %d trainable parameters",
-                  "train" if training else "eval/predict",
+                  "train" if is_training else "eval/predict",
                   layers.count_trainable_parameters())
   if images.shape.is_fully_defined():
     flops = network.count_float_ops_per_example(tf.get_default_graph(),
@@ -155,34 +142,19 @@ def _log_model_size(images, training):
                     "the weight-decay terms, as the reference's figure does): %.4g", flops)
 
 
-def model_fn(features, labels, mode, params):
-  """tf.estimator model_fn; `params` comes from AmoebaNet.params plus batch_size."""
-  training = mode == tf.estimator.ModeKeys.TRAIN
-  num_classes = params["num_label_classes"]
+def model_fn(features, labels, mode, config):
+  """tf.estimator model_fn; `config`: the run's Config (or any Mapping of its fields)."""
+  is_training = mode == tf.estimator.ModeKeys.TRAIN
+  num_classes = config["num_label_classes"]
   images = _images(features)
-  logits, end_points = network.build_network(images, num_classes, training,
-                                             network_config(params, training))
-  _log_model_size(images, training)
-
+  logits, end_points = network.build(images, num_classes, is_training, config)
+  _log_model_size(images, is_training)
   if mode == tf.estimator.ModeKeys.PREDICT:
-    predictions = predictions_lib.add_input_fields(
-        {"classes": tf.argmax(logits, axis=1),
-         "probabilities": tf.nn.softmax(logits, name="predictions"),
-         "logits": logits}, features, params.get("class_names"))
-    return tf.estimator.EstimatorSpec(
-        mode, predictions=predictions, scaffold=ema_scaffold(params),
-        export_outputs={"serving_default": tf.estimator.export.PredictOutput(predictions)})
+    return _predict_spec(features, logits, config)
 
   labels = tf.reshape(tf.cast(labels, tf.int32), [-1])
-  losses = {"softmax_loss": smoothed_cross_entropy(labels, logits, num_classes,
-                                                   params["label_smoothing"])}
-  if "aux_logits" in end_points:
-    losses["aux_loss"] = AUX_LOSS_WEIGHT * smoothed_cross_entropy(
-        labels, end_points["aux_logits"], num_classes, params["label_smoothing"])
-  if training:
-    losses["regularization_loss"] = layers.l2_regularization_loss()
+  losses = _losses(labels, logits, end_points, num_classes, is_training, config)
   loss = tf.add_n(list(losses.values()), name=TOTAL_LOSS_NAME)
-
   if mode == tf.estimator.ModeKeys.EVAL:
     k = min(TOP_K, num_classes)
     metrics = {
@@ -191,18 +163,46 @@ def model_fn(features, labels, mode, params):
             tf.cast(tf.nn.in_top_k(logits, labels, k), tf.float32)),
     }
     return tf.estimator.EstimatorSpec(mode, loss=loss, eval_metric_ops=metrics,
-                                      scaffold=ema_scaffold(params))
+                                      scaffold=ema_scaffold(config))
+  return tf.estimator.EstimatorSpec(mode, loss=loss, train_op=_train_op(loss, losses, config))
 
+
+def _predict_spec(features, logits, config):
+  predictions = predictions_lib.add_input_fields(
+      {"classes": tf.argmax(logits, axis=1),
+       "probabilities": tf.nn.softmax(logits, name="predictions"),
+       "logits": logits}, features, config.get("class_names"))
+  return tf.estimator.EstimatorSpec(
+      tf.estimator.ModeKeys.PREDICT, predictions=predictions, scaffold=ema_scaffold(config),
+      export_outputs={"serving_default": tf.estimator.export.PredictOutput(predictions)})
+
+
+def _losses(labels, logits, end_points, num_classes, is_training, config):
+  """{name: loss}: the smoothed cross-entropy, the weighted aux head's when it is built,
+  and the L2 weight decay in the training graph."""
+  losses = {"softmax_loss": smoothed_cross_entropy(labels, logits, num_classes,
+                                                   config["label_smoothing"])}
+  if "aux_logits" in end_points:
+    losses["aux_loss"] = AUX_LOSS_WEIGHT * smoothed_cross_entropy(
+        labels, end_points["aux_logits"], num_classes, config["label_smoothing"])
+  if is_training:
+    losses["regularization_loss"] = layers.l2_regularization_loss()
+  return losses
+
+
+def _train_op(loss, losses, config):
+  """The schedule's optimizer step (optionally clipped) after the BN statistics' updates,
+  then the EMA update; with the learning rate and loss summaries."""
   global_step = tf.train.get_or_create_global_step()
-  lr = learning_rate(params, global_step)
+  lr = learning_rate(config, global_step)
   tf.summary.scalar("learning_rate", lr)
   for name, value in sorted(losses.items()):
     tf.summary.scalar("losses/" + name, value)
   tf.summary.scalar("losses/" + TOTAL_LOSS_NAME, loss)
 
-  optimizer = build_optimizer(params, lr)
+  optimizer = build_optimizer(config, lr)
   grads_and_vars = optimizer.compute_gradients(loss)
-  clip_norm = params["gradient_clipping_by_global_norm"]
+  clip_norm = config["gradient_clipping_by_global_norm"]
   if clip_norm > 0:
     grads, variables = zip(*grads_and_vars)
     grads, _ = tf.clip_by_global_norm(grads, clip_norm)
@@ -211,7 +211,7 @@ def model_fn(features, labels, mode, params):
   # carry a control input per BN statistic (most of the GraphDef, .meta and events bytes).
   with tf.control_dependencies(tf.get_collection(tf.GraphKeys.UPDATE_OPS)):
     train_op = optimizer.apply_gradients(grads_and_vars, global_step=global_step)
-  if params["moving_average_decay"] > 0:
+  if config["moving_average_decay"] > 0:
     with tf.control_dependencies([train_op]):
-      train_op = apply_ema(params["moving_average_decay"], global_step, ema_variables())
-  return tf.estimator.EstimatorSpec(mode, loss=loss, train_op=train_op)
+      train_op = apply_ema(config["moving_average_decay"], global_step, ema_variables())
+  return train_op

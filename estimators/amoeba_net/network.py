@@ -10,6 +10,8 @@ Cells (network_utils.BaseCell): hidden state 0 is the cell input after ReLU -> 1
 hidden state 1 the output of the cell before it, brought to the current shape. Each of the
 5 combinations adds two op outputs; the unused states are concatenated. Convolutions have
 no bias, FAN_OUT variance-scaling init and L2 weight decay (as does the FC); BN is fused.
+
+`logits, end_points = build(images, num_classes, is_training, config)` builds it.
 """
 import collections
 
@@ -37,19 +39,6 @@ NUM_STEM_CELLS = 2
 FILTER_SCALING_RATE = 2
 AUX_POOL_SIZE = 5
 AUX_POOL_STRIDE = 3
-
-
-class NetworkConfig(collections.namedtuple("NetworkConfig", [
-    "num_cells", "reduction_size", "stem_reduction_size", "use_aux_head", "aux_scaling",
-    "dense_dropout_keep_prob", "drop_connect_keep_prob", "drop_path_burn_in_steps",
-    "batch_norm_decay", "batch_norm_epsilon", "weight_decay"])):
-  """Architecture and regularisation hparams (names as in the reference hparams).
-
-  drop_path_burn_in_steps: steps over which the drop-path rate ramps linearly from 0 to
-    1 - drop_connect_keep_prob (the reference's "v1" ramp); 0 = no ramp.
-  weight_decay: L2 factor for conv and FC kernels (pass 0 for eval graphs, as the
-    reference does).
-  """
 
 
 def reduction_indices(num_cells):
@@ -93,21 +82,23 @@ class _Builder(object):
   """Holds the per-graph settings (training or not, BN and decay hparams, drop-path)."""
 
   def __init__(self, config, is_training):
-    self.config = config
     self.is_training = is_training
-    self.weight_decay = config.weight_decay
+    self.batch_norm_decay = config["batch_norm_decay"]
+    self.batch_norm_epsilon = config["batch_norm_epsilon"]
+    # Eval graphs have no weight decay, as in the reference.
+    self.weight_decay = config["weight_decay"] if is_training else 0.0
     self.drop_path_keep_prob = None
-    if is_training and config.drop_connect_keep_prob < 1.0:
-      self.drop_path_keep_prob = drop_path_keep_prob(config.drop_connect_keep_prob,
-                                                     config.drop_path_burn_in_steps)
+    if is_training and config["drop_connect_keep_prob"] < 1.0:
+      self.drop_path_keep_prob = drop_path_keep_prob(config["drop_connect_keep_prob"],
+                                                     config["train_steps"])
 
   def conv(self, x, filters, kernel_size, strides=1, padding="SAME", name="conv"):
     return layers.conv2d(x, filters, kernel_size, strides=strides, padding=padding,
                          weight_decay=self.weight_decay, name=name)
 
   def bn(self, x, name):
-    return layers.batch_norm(x, self.is_training, decay=self.config.batch_norm_decay,
-                             epsilon=self.config.batch_norm_epsilon, name=name)
+    return layers.batch_norm(x, self.is_training, decay=self.batch_norm_decay,
+                             epsilon=self.batch_norm_epsilon, name=name)
 
   def drop_path(self, x):
     """Drops whole examples of a path (scaled by 1/keep_prob); training graph only."""
@@ -264,23 +255,39 @@ def _fc_initializer():
   return layers.variance_scaling(mode="fan_out")
 
 
-def build_network(images, num_classes, is_training, config):
-  """Builds AmoebaNet-D on NHWC float `images`.
+def build(images, num_classes, is_training, config):
+  """Builds AmoebaNet-D on NHWC float `images` (the slim-style network contract).
 
+  `config`: a Mapping with num_cells, reduction_size, stem_reduction_size, use_aux_head,
+  aux_scaling, dense_dropout_keep_prob, drop_connect_keep_prob, train_steps (the steps
+  drop-path ramps over; 0: no ramp), batch_norm_decay, batch_norm_epsilon and
+  weight_decay (training graph only).
   Returns (logits, end_points): float32 logits [batch, num_classes] and a dict with the
   output of every stage ("stem", "cell_stem_0", "cell_0", "reduction_cell_0", ...,
-  "global_pool") plus "aux_logits" when the aux head is built (training graph with
-  use_aux_head).
+  "global_pool", "logits") plus "aux_logits" when the aux head is built (training graph
+  with use_aux_head).
   """
   builder = _Builder(config, is_training)
   end_points = {}
-  normal_cell = _Cell(builder, NORMAL_CELL, config.reduction_size)
-  reduction_cell = _Cell(builder, REDUCTION_CELL, config.reduction_size)
-  reductions = reduction_indices(config.num_cells)
+  net, cell_outputs = _stem(builder, images, config, end_points)
+  net = _cell_stacks(builder, net, cell_outputs, num_classes, config, end_points)
+  with tf.variable_scope("final_layer"):
+    net = tf.reduce_mean(tf.nn.relu(net), [1, 2])
+    end_points["global_pool"] = net
+    net = layers.dropout(net, 1.0 - config["dense_dropout_keep_prob"], is_training)
+    logits = layers.dense(net, num_classes, kernel_initializer=_fc_initializer(),
+                          weight_decay=builder.weight_decay, name="FC")
+  end_points["logits"] = logits
+  return logits, end_points
 
+
+def _stem(builder, images, config, end_points):
+  """The 3x3/2 stem convolution and the two stem (reduction) cells; returns the output
+  and the list of cell outputs so far."""
+  reduction_cell = _Cell(builder, REDUCTION_CELL, config["reduction_size"])
   with tf.variable_scope("stem"):
-    net = builder.conv(images, config.stem_reduction_size, 3, strides=2, padding="VALID",
-                       name="conv0")
+    net = builder.conv(images, config["stem_reduction_size"], 3, strides=2,
+                       padding="VALID", name="conv0")
     net = builder.bn(net, "conv0_bn")
   end_points["stem"] = net
   cell_outputs = [None, net]
@@ -291,9 +298,17 @@ def build_network(images, num_classes, is_training, config):
     end_points[scope] = net
     cell_outputs.append(net)
     filter_scaling *= FILTER_SCALING_RATE
+  return net, cell_outputs
 
+
+def _cell_stacks(builder, net, cell_outputs, num_classes, config, end_points):
+  """The normal cells, a reduction cell before each of reduction_indices, and the aux
+  head (training graph) after the normal cell before the second reduction."""
+  normal_cell = _Cell(builder, NORMAL_CELL, config["reduction_size"])
+  reduction_cell = _Cell(builder, REDUCTION_CELL, config["reduction_size"])
+  reductions = reduction_indices(config["num_cells"])
   filter_scaling = 1.0
-  for cell_num in range(config.num_cells):
+  for cell_num in range(config["num_cells"]):
     if cell_num in reductions:
       filter_scaling *= FILTER_SCALING_RATE
       scope = "reduction_cell_%d" % reductions.index(cell_num)
@@ -303,21 +318,13 @@ def build_network(images, num_classes, is_training, config):
     scope = "cell_%d" % cell_num
     net = normal_cell(net, scope, filter_scaling, 1, cell_outputs[-2])
     end_points[scope] = net
-    if is_training and config.use_aux_head and cell_num == reductions[1] - 1:
+    if builder.is_training and config["use_aux_head"] and cell_num == reductions[1] - 1:
       with tf.variable_scope("aux_%d" % cell_num):
         end_points["aux_logits"] = _aux_head(builder, tf.nn.relu(net), num_classes,
-                                             config.aux_scaling)
+                                             config["aux_scaling"])
     cell_outputs.append(net)
     tf.logging.debug("AmoebaNet %s: %s", scope, net.shape)
-
-  with tf.variable_scope("final_layer"):
-    net = tf.reduce_mean(tf.nn.relu(net), [1, 2])
-    end_points["global_pool"] = net
-    net = layers.dropout(net, 1.0 - config.dense_dropout_keep_prob, is_training)
-    logits = layers.dense(net, num_classes, kernel_initializer=_fc_initializer(),
-                          weight_decay=builder.weight_decay, name="FC")
-  end_points["logits"] = logits
-  return logits, end_points
+  return net
 
 
 def count_float_ops_per_example(graph, batch_size):

@@ -15,20 +15,19 @@ Both: SGD momentum 0.9, lr 0.003 * batch / 512, no weight decay, zero-initialise
 images in [-1, 1] (the .npz weights' range; the port's TF-Hub model wanted [0, 1]),
 evaluation at the crop size (the port evaluated at 384 uncropped, models.md §3.7).
 Splits: tf_flowers train[:85%] / train[85%:], CIFAR train / test, image folder
-train / validation. Every value can be overridden by its flag.
+train / validation. Every value can be overridden by its flag (configure() works the
+recipe out once and logs the schedule).
 
-The TF2 ModelZoo seed's flag names are accepted (run_loop.define_tf2_seed_flags):
+The TF2 ModelZoo seed's flag names are accepted (`tf2_seed_flags`):
 --batch_size, --epochs (full passes over the training split here; the seed's Keras epochs
 were 10 steps each), --log_steps, --use_mixlist + --mixlist_file, --fusion_off_flag +
 --fusion_off_file, --over_dump(_path), --data_dump_flag/_step/_path, --profiling(_dump_path).
 Not ported: --eval_static (evaluation always covers every example).
 """
-from absl import flags
 from absl import logging
 
 from estimators import finetune
 from estimators import registry
-from estimators import run_loop
 from estimators.bit import model_fn as model_fn_lib
 from estimators.bit import network
 from estimators.bit import weights
@@ -62,6 +61,15 @@ def hyperrule_schedule(num_examples):
   return 20000, 500, (6000, 12000, 18000), 0.1
 
 
+def reference_schedule(hyperrule, train_examples, train_batch_size):
+  """(steps, warm-up, boundaries, mixup alpha) of the recipe for this run's data and
+  batch: BiT-HyperRule's by training set size, else keras-io's."""
+  if hyperrule:
+    return hyperrule_schedule(train_examples)
+  return (int(KERAS_IO_SCHEDULE_LENGTH * REFERENCE_BATCH / train_batch_size), 0,
+          KERAS_IO_BOUNDARIES, 0.0)
+
+
 def scale_schedule(train_steps, length, warmup, boundaries):
   """(warm-up, boundaries) at the same fractions of `train_steps` as of `length`; a
   boundary is at least step 1 (the piecewise schedule needs positive ones)."""
@@ -70,104 +78,81 @@ def scale_schedule(train_steps, length, warmup, boundaries):
           [max(1, int(round(boundary * scale))) for boundary in boundaries])
 
 
-@registry.register("bit")
+def given_boundaries(values):
+  """--lr_boundaries as increasing positive step numbers (ValueError naming the flag)."""
+  text = ",".join(values)
+  try:
+    boundaries = [int(value) for value in values]
+  except ValueError:
+    raise ValueError("--lr_boundaries=%s must be integers" % text)
+  registry.require(boundaries == sorted(boundaries) and all(b > 0 for b in boundaries),
+                   "--lr_boundaries=%s must be positive and increasing" % text)
+  return boundaries
+
+
+def log_schedule(config, hyperrule, reference):
+  """The run's schedule in one line, beside the reference it was scaled from."""
+  length, warmup, boundaries, _ = reference
+  logging.info(
+      "BiT schedule: %d steps, linear warm-up over %d, lr %g / 10 after steps %s (%s)",
+      config.train_steps, config.warmup_steps, config.learning_rate,
+      ", ".join(str(b) for b in config.lr_boundaries) or "none",
+      "BiT-HyperRule: %d steps, warm-up %d, boundaries %s, both scaled to the run's "
+      "length unless given" % (length, warmup, "/".join(str(b) for b in boundaries))
+      if hyperrule else "keras-io's boundaries, whatever the length")
+
+
+@registry.register
 class BigTransfer(finetune.TransferModel):
 
-  model_fn_module = model_fn_lib
-  weights_module = weights
+  name = "bit"
+  network_module, model_fn_module, weights_module = network, model_fn_lib, weights
+  splits = SPLITS
+  tf2_seed_flags = True
+  flags = finetune.FINE_TUNING_FLAGS + (
+      registry.Flag("bit_model", "enum", "R50x1", "BiT variant.", tuple(network.VARIANTS)),
+      registry.Flag("hyperrule", "bool", True, "BiT-HyperRule resolution, schedule and "
+                    "MixUp (off: the keras-io / Huawei-port settings); its warm-up and lr "
+                    "boundaries scale with --train_steps / --train_epochs."),
+      registry.Flag("lr_boundaries", "list", None, "Steps after which the lr drops 10x."),
+      registry.Flag("resize_size", "integer", None, "Training resize before the random crop.",
+                    registry.POSITIVE),
+  )
 
-  def build_network(self, images, params):
-    network.bit(images, model_fn_lib.network_config(params), params["num_classes"])
+  def counts_train_examples(self, flag_values):
+    return flag_values.hyperrule  # its schedule goes by the training set's size
 
-  def define_flags(self):
-    finetune.define_flags()
-    run_loop.define_tf2_seed_flags()
-    flags.DEFINE_enum("bit_model", "R50x1", list(network.VARIANTS), "BiT variant.")
-    flags.DEFINE_boolean("hyperrule", True, "BiT-HyperRule resolution, schedule and MixUp "
-                         "(off: the keras-io / Huawei-port settings); its warm-up and lr "
-                         "boundaries scale with --train_steps / --train_epochs.")
-    flags.DEFINE_list("lr_boundaries", None, "Steps after which the lr drops 10x.")
-    flags.DEFINE_integer("resize_size", None, "Training resize before the random crop.")
-
-  def splits(self, flag_values):
-    return SPLITS[flag_values.dataset]
-
-  def reference_schedule(self, flag_values):
-    """(steps, warm-up, boundaries, mixup alpha) of the recipe for this run's data and
-    batch: BiT-HyperRule's by training set size, else keras-io's."""
+  def recipe(self, flag_values, config):
+    """The hyperparameters: flags over BiT-HyperRule's (or keras-io's) values."""
+    reference = reference_schedule(flag_values.hyperrule, config.train_examples,
+                                   config.train_batch_size)
+    length, warmup, boundaries, mixup = reference
+    steps = finetune.train_steps(flag_values, config, length)
     if flag_values.hyperrule:
-      return hyperrule_schedule(self.train_examples(flag_values))
-    return (int(KERAS_IO_SCHEDULE_LENGTH * REFERENCE_BATCH / flag_values.train_batch_size),
-            0, KERAS_IO_BOUNDARIES, 0.0)
-
-  def default_train_steps(self, flag_values):
-    return self.reference_schedule(flag_values)[0]
-
-  def recipe(self, flag_values):
-    """All hyperparameters, flags applied over the recipe defaults."""
-    train_split, eval_split = self.splits(flag_values)
-    source = finetune.make_source(flag_values.dataset, flag_values.data_dir)
-    length, warmup, boundaries, mixup = self.reference_schedule(flag_values)
-    steps = self.train_steps(flag_values)
-    if flag_values.hyperrule:
-      resize, crop = hyperrule_resolution(flag_values.dataset)
+      resize, crop = hyperrule_resolution(config.dataset)
       warmup, boundaries = scale_schedule(steps, length, warmup, boundaries)
     else:
       resize, crop = KERAS_IO_RESOLUTION
     if flag_values.lr_boundaries is not None:
-      try:
-        boundaries = [int(b) for b in flag_values.lr_boundaries]
-      except ValueError:
-        raise ValueError("--lr_boundaries=%s must be integers" %
-                         ",".join(flag_values.lr_boundaries))
-    return dict(
+      boundaries = given_boundaries(flag_values.lr_boundaries)
+    config = config.replace(
         variant=flag_values.bit_model,
-        num_classes=source.num_classes,
-        class_names=source.class_names,  # predictions name their class (None: ids only)
         resize_size=finetune.pick(flag_values.resize_size, resize),
         image_size=finetune.pick(flag_values.image_size, crop),
-        weights=flag_values.weights or None,
-        reset_head=flag_values.reset_head,
         learning_rate=finetune.pick(
             flag_values.learning_rate,
-            BASE_LR * flag_values.train_batch_size / float(REFERENCE_BATCH)),
+            BASE_LR * config.train_batch_size / float(REFERENCE_BATCH)),
         warmup_steps=finetune.pick(flag_values.warmup_steps, warmup),
-        lr_boundaries=list(boundaries),
-        train_steps=steps,
-        momentum=flag_values.momentum,
+        lr_boundaries=list(boundaries), train_steps=steps,
         grad_clip_norm=finetune.pick(flag_values.grad_clip_norm, 0.0),
-        mixup_alpha=finetune.pick(flag_values.mixup_alpha, mixup),
-        train_split=train_split,
-        eval_split=eval_split)
+        mixup_alpha=finetune.pick(flag_values.mixup_alpha, mixup))
+    registry.require(config.resize_size >= config.image_size,
+                     "--resize_size=%d is smaller than the crop --image_size=%d"
+                     % (config.resize_size, config.image_size))
+    log_schedule(config, flag_values.hyperrule, reference)
+    return config
 
-  def params(self, flag_values):
-    recipe = self.recipe(flag_values)
-    length, warmup, boundaries, _ = self.reference_schedule(flag_values)
-    logging.info(
-        "BiT schedule: %d steps, linear warm-up over %d, lr %g / 10 after steps %s (%s)",
-        recipe["train_steps"], recipe["warmup_steps"], recipe["learning_rate"],
-        ", ".join(str(b) for b in recipe["lr_boundaries"]) or "none",
-        "BiT-HyperRule: %d steps, warm-up %d, boundaries %s, both scaled to the run's "
-        "length unless given" % (length, warmup, "/".join(str(b) for b in boundaries))
-        if flag_values.hyperrule else "keras-io's boundaries, whatever the length")
-    return recipe
-
-  def preprocessing(self, recipe):
-    resize, crop = recipe["resize_size"], recipe["image_size"]
+  def preprocessing(self, config):
+    resize, crop = config.resize_size, config.image_size
     return ((lambda e: transfer.bit_train(e, resize, crop)),
             (lambda e: transfer.bit_eval(e, crop)))
-
-  def validate_flags(self, flag_values):
-    finetune.check_positive(flag_values, ["image_size", "resize_size", "learning_rate",
-                                          "shuffle_buffer", "num_train_examples"])
-    finetune.check_non_negative(flag_values, ["momentum", "warmup_steps", "grad_clip_norm",
-                                              "mixup_alpha"])
-    recipe = self.recipe(flag_values)
-    if recipe["resize_size"] < recipe["image_size"]:
-      raise ValueError("--resize_size=%d is smaller than the crop --image_size=%d"
-                       % (recipe["resize_size"], recipe["image_size"]))
-    boundaries = recipe["lr_boundaries"]
-    if boundaries != sorted(boundaries) or (boundaries and boundaries[0] <= 0):
-      raise ValueError("--lr_boundaries=%s must be positive and increasing"
-                       % ",".join(str(b) for b in boundaries))
-

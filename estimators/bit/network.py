@@ -1,5 +1,9 @@
 """BiT: ResNet-v2 with GroupNorm and Weight Standardisation (google-research/big_transfer).
 
+`logits, end_points = build(images, num_classes, is_training, config)`: `config` is the
+run's Config or any Mapping with `variant` (a VARIANTS name), or with `network_config`, a
+BiTConfig of any size (tests).
+
 Variable names are the keys of the official `.npz` files
 (`resnet/root_block/standardized_conv2d/kernel`,
 `resnet/block1/unit01/a/group_norm/gamma`, `resnet/block1/unit01/a/proj/...`,
@@ -114,6 +118,17 @@ def head(features, num_classes):
     return logits[:, 0, 0, :]
 
 
-def bit(images, config, num_classes):
-  """Logits [batch, num_classes] for float images [batch, h, w, 3] in [-1, 1]."""
-  return head(backbone(images, config), num_classes)
+def network_config(config):
+  """The BiTConfig `config` (a Mapping, see the module docstring) describes."""
+  if config.get("network_config") is not None:
+    return config["network_config"]
+  return get_config(config["variant"])
+
+
+def build(images, num_classes, is_training, config):
+  """(logits [batch, num_classes], end_points) for float images [batch, h, w, 3] in
+  [-1, 1]; end_points: pre_logits (the pooled features), logits."""
+  del is_training  # GroupNorm and weight standardisation train as they infer; no dropout
+  features = backbone(images, network_config(config))
+  logits = head(features, num_classes)
+  return logits, {"pre_logits": features, "logits": logits}

@@ -37,6 +37,7 @@ Differences from the reference, all deliberate:
 import tensorflow.compat.v1 as tf
 
 from estimators import predictions as predictions_lib
+from estimators import pretrained
 from estimators.masf import network
 from estimators.masf import weights as weights_lib
 from input_fns import pacs
@@ -127,49 +128,53 @@ def _accuracy(labels, logits):
                                 tf.float32))
 
 
-def _adam(learning_rate, name, params):
+def _adam(learning_rate, name, config):
   return migration_optimizers.wrap_optimizer(
-      tf.train.AdamOptimizer(learning_rate, name=name), params)
+      tf.train.AdamOptimizer(learning_rate, name=name), config)
 
 
-def _masf_train(images, labels, weights, metric_weights, params):
-  """Returns (train_op, logged tensors) for one episode."""
-  b = params["meta_batch_size"]
+def _task_step(images, label_parts, weights, config):
+  """Steps 1-2: the task loss of the meta-train domains a, a1 under w, its gradients and
+  the fast weights. Returns (task_loss, task_grads, fast_weights, source_logits)."""
+  b = config["meta_batch_size"]
   images_a, images_a1, _ = tf.split(images, 3, axis=0)
-  labels_a, labels_a1, labels_b = tf.split(labels, 3, axis=0)
-  clip = params["gradients_clip_value"]
-
-  _, source_logits = network.forward(tf.concat([images_a, images_a1], 0), weights, training=True)
+  labels_a, labels_a1, _ = label_parts
+  _, source_logits = network.forward(tf.concat([images_a, images_a1], 0), weights,
+                                     is_training=True)
   source_ce = _cross_entropy(tf.concat([labels_a, labels_a1], 0), source_logits)
-  loss_a, loss_a1 = tf.reduce_mean(source_ce[:b]), tf.reduce_mean(source_ce[b:])
-  task_loss = (loss_a + loss_a1) / 2.0
-
-  slow_keys = list(weights.keys())
-  slow_vars = [weights[k] for k in slow_keys]
-  task_grads = tf.gradients(task_loss, slow_vars)
+  task_loss = (tf.reduce_mean(source_ce[:b]) + tf.reduce_mean(source_ce[b:])) / 2.0
+  task_grads = tf.gradients(task_loss, list(weights.values()))
+  # The reference differentiates the unreduced losses: its gradient is b x ours.
+  clip = config["gradients_clip_value"]
   fast_weights = dict(
-      (k, w - params["inner_lr"] * tf.clip_by_norm(tf.stop_gradient(g * float(b)), clip))
-      for k, w, g in zip(slow_keys, slow_vars, task_grads))
+      (k, w - config["inner_lr"] * tf.clip_by_norm(tf.stop_gradient(g * float(b)), clip))
+      for (k, w), g in zip(weights.items(), task_grads))
+  return task_loss, task_grads, fast_weights, source_logits
 
-  fast_fc7, fast_logits = network.forward(images, fast_weights, training=True)
+
+def _meta_losses(images, label_parts, fast_weights, metric_weights, config):
+  """Steps 3-4: (global loss, local loss) of the episode under the fast weights."""
+  labels_a, labels_a1, labels_b = label_parts
+  fast_fc7, fast_logits = network.forward(images, fast_weights, is_training=True)
   logits_a, logits_a1, logits_b = tf.split(fast_logits, 3, axis=0)
-  num_classes = params["num_classes"]
+  num_classes = config["num_classes"]
   global_loss = (global_alignment_loss(logits_b, labels_b, logits_a, labels_a, num_classes) +
-                 global_alignment_loss(logits_b, labels_b, logits_a1, labels_a1, num_classes)) / 2.0
-
-  group = b // 3
+                 global_alignment_loss(logits_b, labels_b, logits_a1, labels_a1,
+                                       num_classes)) / 2.0
+  group = config["meta_batch_size"] // 3
   group_fc7 = tf.concat([part[:group] for part in tf.split(fast_fc7, 3, axis=0)], 0)
-  group_labels = tf.concat([part[:group] for part in (labels_a, labels_a1, labels_b)], 0)
+  group_labels = tf.concat([part[:group] for part in label_parts], 0)
   embeddings = network.metric_forward(group_fc7, metric_weights)
-  local_loss = triplet_semihard_loss(group_labels, embeddings, params["margin"])
+  return global_loss, triplet_semihard_loss(group_labels, embeddings, config["margin"])
 
-  weighted_global = params["global_loss_weight"] * global_loss
-  weighted_local = params["local_loss_weight"] * local_loss
-  metric_vars = list(metric_weights.values())
-  meta_vars = slow_vars + (metric_vars if params["meta_step_updates_metric_net"] else [])
+
+def _masf_updates(task_grads, meta_objective, slow_vars, metric_vars, config):
+  """Steps 1, 5, 6: the task, meta and metric Adam updates, applied one after another."""
+  clip = config["gradients_clip_value"]
+  meta_vars = slow_vars + (metric_vars if config["meta_step_updates_metric_net"] else [])
   # d(meta objective)/d(metric vars) is d(weighted local)/d(metric vars): the global loss
   # does not reach the metric net, so one gradient call serves the meta and metric steps.
-  meta_grads = tf.gradients(weighted_global + weighted_local, slow_vars + metric_vars)
+  meta_grads = tf.gradients(meta_objective, slow_vars + metric_vars)
   metric_grads = meta_grads[len(slow_vars):]
   meta_pairs = [(tf.clip_by_norm(g, clip), v)
                 for g, v in zip(meta_grads[:len(meta_vars)], meta_vars) if g is not None]
@@ -179,29 +184,42 @@ def _masf_train(images, labels, weights, metric_weights, params):
   global_step = tf.train.get_or_create_global_step()
   update_ops = tf.get_collection(tf.GraphKeys.UPDATE_OPS)
   with tf.control_dependencies(all_grads + update_ops):
-    task_op = _adam(params["outer_lr"], "TaskAdam", params).apply_gradients(
+    task_op = _adam(config["outer_lr"], "TaskAdam", config).apply_gradients(
         [(g, v) for g, v in zip(task_grads, slow_vars) if g is not None], global_step)
   ops = [task_op]
   if meta_pairs:
     with tf.control_dependencies([ops[-1]]):
-      ops.append(_adam(params["outer_lr"], "MetaAdam", params).apply_gradients(meta_pairs))
+      ops.append(_adam(config["outer_lr"], "MetaAdam", config).apply_gradients(meta_pairs))
   if metric_pairs:
     with tf.control_dependencies([ops[-1]]):
-      ops.append(_adam(params["metric_lr"], "MetricAdam", params).apply_gradients(metric_pairs))
-  train_op = tf.group(*ops, name="masf_train_op")
+      ops.append(_adam(config["metric_lr"], "MetricAdam", config).apply_gradients(
+          metric_pairs))
+  return tf.group(*ops, name="masf_train_op")
 
+
+def _masf_train(images, labels, weights, metric_weights, config):
+  """Returns (loss, train_op, logged tensors) for one episode."""
+  label_parts = tf.split(labels, 3, axis=0)  # meta-train a, meta-train a1, meta-test b
+  task_loss, task_grads, fast_weights, source_logits = _task_step(
+      images, label_parts, weights, config)
+  global_loss, local_loss = _meta_losses(images, label_parts, fast_weights, metric_weights,
+                                         config)
+  weighted_global = config["global_loss_weight"] * global_loss
+  weighted_local = config["local_loss_weight"] * local_loss
+  train_op = _masf_updates(task_grads, weighted_global + weighted_local,
+                           list(weights.values()), list(metric_weights.values()), config)
+  b = config["meta_batch_size"]
   logged = {"task_loss": task_loss, "global_loss": global_loss, "local_loss": local_loss,
-            "source_accuracy": (_accuracy(labels_a, source_logits[:b]) +
-                                _accuracy(labels_a1, source_logits[b:])) / 2.0}
-  total_loss = task_loss + weighted_global + weighted_local
-  return total_loss, train_op, logged
+            "source_accuracy": (_accuracy(label_parts[0], source_logits[:b]) +
+                                _accuracy(label_parts[1], source_logits[b:])) / 2.0}
+  return task_loss + weighted_global + weighted_local, train_op, logged
 
 
-def _deepall_train(images, labels, weights, params):
-  _, logits = network.forward(images, weights, training=True)
+def _deepall_train(images, labels, weights, config):
+  _, logits = network.forward(images, weights, is_training=True)
   loss = tf.reduce_mean(_cross_entropy(labels, logits))
   global_step = tf.train.get_or_create_global_step()
-  optimizer = _adam(params["outer_lr"], "DeepAllAdam", params)
+  optimizer = _adam(config["outer_lr"], "DeepAllAdam", config)
   grads_and_vars = optimizer.compute_gradients(loss, var_list=list(weights.values()))
   with tf.control_dependencies(tf.get_collection(tf.GraphKeys.UPDATE_OPS)):  # update only
     train_op = optimizer.apply_gradients(grads_and_vars, global_step)
@@ -215,7 +233,7 @@ def _streaming_sum(values, name):
   return tf.identity(total), tf.assign_add(total, tf.reduce_sum(values))
 
 
-def _eval_metrics(labels, logits, features, params):
+def _eval_metrics(labels, logits, features, config):
   """accuracy/<domain> and examples/<domain> (0 for a domain the input does not contain),
   source_crossval_accuracy, target_accuracy and `accuracy`, the model-selection metric."""
   predictions = tf.argmax(logits, 1, output_type=tf.int32)
@@ -223,59 +241,61 @@ def _eval_metrics(labels, logits, features, params):
   domains = features["domains"]
   metrics = {}
   source_mask = tf.zeros_like(weights)
-  for domain in list(params["source_domains"]) + [params["target_domain"]]:
+  for domain in list(config["source_domains"]) + [config["target_domain"]]:
     mask = weights * tf.cast(tf.equal(domains, pacs.DOMAINS.index(domain)), tf.float32)
     metrics["accuracy/" + domain] = tf.metrics.accuracy(labels, predictions, weights=mask)
     metrics["examples/" + domain] = _streaming_sum(mask, "examples_" + domain)
-    if domain != params["target_domain"]:
+    if domain != config["target_domain"]:
       source_mask += mask
   metrics["source_crossval_accuracy"] = tf.metrics.accuracy(labels, predictions,
                                                            weights=source_mask)
-  metrics["target_accuracy"] = metrics["accuracy/" + params["target_domain"]]
-  metrics["accuracy"] = (metrics["target_accuracy"] if params["select_on_target_accuracy"]
+  metrics["target_accuracy"] = metrics["accuracy/" + config["target_domain"]]
+  metrics["accuracy"] = (metrics["target_accuracy"] if config["select_on_target_accuracy"]
                          else metrics["source_crossval_accuracy"])
   return metrics
 
 
-def model_fn(features, labels, mode, params):
-  images = features["images"]
-  weights = network.construct_weights(params["image_size"], params["num_classes"],
-                                      params["fc_units"])
+def _warm_start(config, variables):
+  """The Scaffold loading --weights_path into conv1..fc7, or None (from scratch)."""
+  if not config["weights_path"]:
+    tf.logging.info("MASF weights: none (--weights_path empty), every layer from scratch")
+    return None
+  tf.logging.info("MASF weights: conv1..fc7 from %s (fc8 and the metric net from scratch), "
+                  "applied only when model_dir has no checkpoint", config["weights_path"])
+  return pretrained.warm_start(config["weights_path"], variables, weights_lib.FILTER)
 
+
+def _train_spec(images, labels, config):
+  weights = network.construct_weights(config["image_size"], config["num_classes"],
+                                      config["fc_units"])
+  if config["algorithm"] == MASF:
+    metric_weights = network.construct_metric_weights(config["fc_units"])
+    loss, train_op, logged = _masf_train(images, labels, weights, metric_weights, config)
+  else:
+    loss, train_op, logged = _deepall_train(images, labels, weights, config)
+  for name, tensor in logged.items():
+    tf.summary.scalar(name, tensor)
+  hooks = [tf.train.LoggingTensorHook(logged, every_n_iter=config["log_step_count_steps"])]
+  return tf.estimator.EstimatorSpec(tf.estimator.ModeKeys.TRAIN, loss=loss,
+                                    train_op=train_op, training_hooks=hooks,
+                                    scaffold=_warm_start(config, weights.values()))
+
+
+def model_fn(features, labels, mode, config):
+  """The Estimator model_fn; `config` is the run's Config (any Mapping of its fields)."""
+  images = features["images"]
+  if mode == tf.estimator.ModeKeys.TRAIN:
+    return _train_spec(images, labels, config)
+  logits, _ = network.build(images, config["num_classes"], False, config)
   if mode == tf.estimator.ModeKeys.PREDICT:
-    _, logits = network.forward(images, weights, training=False)
     predictions = predictions_lib.add_input_fields(
         {"classes": tf.argmax(logits, 1, output_type=tf.int32),
          "probabilities": tf.nn.softmax(logits)}, features, pacs.CLASS_NAMES)
     return tf.estimator.EstimatorSpec(
         mode, predictions=predictions,
         export_outputs={"classify": tf.estimator.export.PredictOutput(predictions)})
-
-  if mode == tf.estimator.ModeKeys.EVAL:
-    _, logits = network.forward(images, weights, training=False)
-    loss = tf.reduce_sum(_cross_entropy(labels, logits) * features["weights"]) / tf.maximum(
-        tf.reduce_sum(features["weights"]), 1.0)
-    return tf.estimator.EstimatorSpec(mode, loss=loss,
-                                      eval_metric_ops=_eval_metrics(labels, logits, features,
-                                                                    params))
-
-  if params["algorithm"] == MASF:
-    metric_weights = network.construct_metric_weights(params["fc_units"])
-    loss, train_op, logged = _masf_train(images, labels, weights, metric_weights, params)
-  elif params["algorithm"] == DEEPALL:
-    loss, train_op, logged = _deepall_train(images, labels, weights, params)
-  else:
-    raise ValueError("--algorithm=%s is not one of %s" % (params["algorithm"],
-                                                          "|".join(ALGORITHMS)))
-  for name, tensor in logged.items():
-    tf.summary.scalar(name, tensor)
-  hooks = [tf.train.LoggingTensorHook(logged, every_n_iter=params["log_step_count_steps"])]
-  scaffold = None
-  if params["weights_path"]:
-    tf.logging.info("MASF weights: conv1..fc7 from %s (fc8 and the metric net from scratch), "
-                    "applied only when model_dir has no checkpoint", params["weights_path"])
-    scaffold = weights_lib.scaffold(params["weights_path"], weights.values())
-  else:
-    tf.logging.info("MASF weights: none (--weights_path empty), every layer from scratch")
-  return tf.estimator.EstimatorSpec(mode, loss=loss, train_op=train_op, training_hooks=hooks,
-                                    scaffold=scaffold)
+  loss = tf.reduce_sum(_cross_entropy(labels, logits) * features["weights"]) / tf.maximum(
+      tf.reduce_sum(features["weights"]), 1.0)
+  return tf.estimator.EstimatorSpec(mode, loss=loss,
+                                    eval_metric_ops=_eval_metrics(labels, logits, features,
+                                                                  config))

@@ -1,8 +1,12 @@
-"""MASF's AlexNet as a functional network over a weights dict (masf_func.py).
+"""MASF's AlexNet (masf_func.py): the slim-style `build`, and the functional `forward` over a
+weights dict that the meta-learning step needs.
 
-The variables are created once (`construct_weights`, scope model/<layer>/{weights,biases});
-`forward` takes any dict with the same keys, so the meta-test pass can run on the inner
-loop's fast weights `w - inner_lr * g` without creating variables.
+`build(images, num_classes, is_training, config)` is the plain classifier (evaluation,
+prediction, serving). Training cannot be one classifier call: the MASF step runs the
+network again on the inner loop's fast weights `w - inner_lr * g`, so the variables are
+created once (`construct_weights`, scope model/<layer>/{weights,biases}) and `forward` takes
+any dict with the same keys without creating variables. DeepAll trains on the same weights
+dict, which is also what the pretrained loader fills.
 
 Convolutions are SAME + bias + ReLU (guerzhoy's forward script); LRN uses MASF's alpha 1e-5.
 At 227x227 pool5 is 6x6x256 = 9,216, the fan-in of bvlc_alexnet's fc6. Other image sizes
@@ -127,7 +131,7 @@ def _pool(x):
                         "VALID")
 
 
-def forward(images, weights, training, dropout_rate=DROPOUT_RATE):
+def forward(images, weights, is_training, dropout_rate=DROPOUT_RATE):
   """images [N, S, S, 3] (BGR, mean-subtracted) -> (fc7 [N, 4096] before dropout, logits)."""
   x = images
   for layer, (_, stride, _, _, groups) in CONV_SPECS.items():
@@ -140,11 +144,20 @@ def forward(images, weights, training, dropout_rate=DROPOUT_RATE):
   fan_in = weights[weight_key("fc6", "weights")].shape[0]
   x = tf.reshape(x, [-1, int(fan_in)])
   fc6 = tf.nn.relu(tf.nn.xw_plus_b(x, weights["fc6/weights"], weights["fc6/biases"]))
-  fc6 = layers.dropout(fc6, dropout_rate, training)
+  fc6 = layers.dropout(fc6, dropout_rate, is_training)
   fc7 = tf.nn.relu(tf.nn.xw_plus_b(fc6, weights["fc7/weights"], weights["fc7/biases"]))
-  logits = tf.nn.xw_plus_b(layers.dropout(fc7, dropout_rate, training),
+  logits = tf.nn.xw_plus_b(layers.dropout(fc7, dropout_rate, is_training),
                            weights["fc8/weights"], weights["fc8/biases"])
   return fc7, logits
+
+
+def build(images, num_classes, is_training, config):
+  """images [N, S, S, 3] (BGR, mean-subtracted) -> (logits, end_points); end_points holds
+  `fc7` (the embedding, before dropout) and `logits`. `config` gives image_size and
+  fc_units (any Mapping)."""
+  weights = construct_weights(config["image_size"], num_classes, config["fc_units"])
+  fc7, logits = forward(images, weights, is_training)
+  return logits, {"fc7": fc7, "logits": logits}
 
 
 def metric_forward(features, metric_weights):

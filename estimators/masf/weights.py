@@ -1,4 +1,5 @@
-"""Safe loading of `bvlc_alexnet.npy` (caffe-tensorflow export) and of its .npz conversion.
+"""MASF's filter for estimators.pretrained: `bvlc_alexnet.npy` (caffe-tensorflow export) and
+its .npz conversion, keyed `<layer>/weights|biases`, into model/<layer>/{weights,biases}.
 
 The .npy holds a pickled dict {layer: [weights, biases]} (a 0-d object array). MASF opens it
 with `np.load(allow_pickle=True)`, which runs whatever the pickle says. Here the pickle is
@@ -9,9 +10,10 @@ global (e.g. `os.system`, `builtins.eval`) is refused before it is called.
 The converted .npz (tools/convert_alexnet_npy.py) stores `<layer>/weights` and
 `<layer>/biases` and is read with allow_pickle=False.
 
-Both formats are seen through those keys as sources of estimators.pretrained, which checks
-them (dtype, shapes against the network's variables, finiteness) and loads them: `check`
-runs every check before the run builds its graph, `scaffold` loads in the model_fn.
+conv1..fc7 are loaded; fc8 (ImageNet's 1,000 classes) and the metric net start from
+scratch. Checking (dtype, shapes against the network's variables, finiteness) and loading
+are estimators.pretrained's: `check` runs every check before the run builds its graph, the
+model_fn warm-starts with `pretrained.warm_start(path, variables, FILTER)`.
 """
 import pickle
 
@@ -59,11 +61,7 @@ def _read_npy_object(path):
   """The object stored in an .npy; object arrays go through the restricted unpickler."""
   with tf.io.gfile.GFile(path, "rb") as f:
     try:
-      version = np.lib.format.read_magic(f)
-      if version == (1, 0):
-        shape, _, dtype = np.lib.format.read_array_header_1_0(f)
-      else:
-        shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+      shape, dtype = pretrained.read_npy_header(f)
     except ValueError as e:
       raise pretrained.WeightsError("weights file %s is not a .npy file (%s)" % (path, e))
     if not dtype.hasobject:
@@ -109,73 +107,50 @@ def _split_weights_biases(path, layer, value):
   return weights[0], biases[0]
 
 
-class PickledSource(object):
-  """bvlc_alexnet.npy seen as a pretrained source keyed `<layer>/weights|biases` (the keys
-  of its .npz conversion). A pickle can only be read whole, so the arrays are kept."""
-
-  def __init__(self, path):
-    self.path = path
-    stored = _read_npy_object(path)
-    if not isinstance(stored, dict):
-      raise pretrained.WeightsError("weights file %s holds a %s, expected a dict "
-                                    "{layer: [weights, biases]}" % (path, type(stored).__name__))
-    self.arrays = {}
-    for stored_key, value in stored.items():
-      layer = _as_str(stored_key)
-      weights, biases = _split_weights_biases(path, layer, value)
-      self.arrays[network.weight_key(layer, "weights")] = weights
-      self.arrays[network.weight_key(layer, "biases")] = biases
-    for key, array in sorted(self.arrays.items()):
-      pretrained.check_dtype(path, key, array.dtype)
-    self.shapes = {key: array.shape for key, array in self.arrays.items()}
-
-  def read(self, keys):
-    for key in keys:
-      yield key, self.arrays[key]
-
-  def check_values(self):
-    for key, array in sorted(self.arrays.items()):
-      pretrained.check_finite(self.path, key, array)
+def read_pickled(path):
+  """bvlc_alexnet.npy as {`<layer>/weights|biases`: array} (the keys of its .npz)."""
+  stored = _read_npy_object(path)
+  if not isinstance(stored, dict):
+    raise pretrained.WeightsError("weights file %s holds a %s, expected a dict "
+                                  "{layer: [weights, biases]}" % (path, type(stored).__name__))
+  arrays = {}
+  for stored_key, value in stored.items():
+    layer = _as_str(stored_key)
+    weights, biases = _split_weights_biases(path, layer, value)
+    arrays[network.weight_key(layer, "weights")] = weights
+    arrays[network.weight_key(layer, "biases")] = biases
+  return arrays
 
 
-def open_source(path):
-  """The .npz (headers read) or .npy (unpickled, restricted) at `path` as a source."""
-  if path.endswith(".npz"):
-    return pretrained.NpzSource.identity(path, pretrained.read_shapes(path))
-  if not tf.io.gfile.exists(path):
-    raise pretrained.WeightsError("weights file %s does not exist" % path)
-  return PickledSource(path)
+class AlexNetFilter(pretrained.Filter):
+  """bvlc_alexnet.npy or its .npz into the AlexNet variables (model/<layer>/...) but
+  SKIP_LAYERS."""
+
+  def open_source(self, path):
+    if path.endswith(".npz"):
+      return pretrained.Filter.open_source(self, path)
+    if not tf.io.gfile.exists(path):
+      raise pretrained.WeightsError("weights file %s does not exist" % path)
+    return pretrained.ArraySource(path, read_pickled(path))
+
+  def select(self, source, variables):
+    by_key = {pretrained.variable_name(v, network.MODEL_SCOPE): v for v in variables}
+    entries = [pretrained.Entry(variable, key) for key, variable in sorted(by_key.items())
+               if layer_of(key) not in SKIP_LAYERS]
+    extra_keys = sorted(key for key in source.shapes
+                        if key not in by_key and layer_of(key) not in SKIP_LAYERS)
+    return entries, extra_keys
 
 
-def plan(path, variables):
-  """(source, entries) loading `path` into the AlexNet `variables` (model/<layer>/...) but
-  SKIP_LAYERS; raises one WeightsMismatchError listing every key that does not fit."""
-  source = open_source(path)
-  by_key = {pretrained.variable_name(v, network.MODEL_SCOPE): v for v in variables}
-  entries = [pretrained.Entry(variable, key) for key, variable in sorted(by_key.items())
-             if layer_of(key) not in SKIP_LAYERS]
-  extra = sorted(key for key in source.shapes
-                 if key not in by_key and layer_of(key) not in SKIP_LAYERS)
-  pretrained.check(source, entries, extra)
-  return source, entries
+FILTER = AlexNetFilter()
 
 
 def check(path, image_size, fc_units):
   """Every check of the file (pickle allow-list, layer structure, dtype, shapes against
-  AlexNet at `image_size` / `fc_units`, finiteness) before the run builds its graph: the
-  variables are made in a throwaway graph (no values). fc8 is not loaded, so the class
-  count does not matter. Returns the source."""
-  with tf.Graph().as_default():
-    variables = network.construct_weights(image_size, fc_units=fc_units).values()
-    source, _ = plan(path, variables)
-  source.check_values()
-  return source
-
-
-def scaffold(path, variables):
-  """A Scaffold that initialises conv1..fc7 from `path` when model_dir has no checkpoint."""
-  source, entries = plan(path, variables)
-  return pretrained.scaffold(source, entries)
+  AlexNet at `image_size` / `fc_units`, finiteness) before the run builds its graph. fc8
+  is not loaded, so the class count does not matter. Returns the source."""
+  return pretrained.check_file(
+      path, lambda: network.construct_weights(image_size, fc_units=fc_units).values(), FILTER)
 
 
 def save_npz(path, source):

@@ -37,54 +37,84 @@ upstream L2 regulariser is built but never added to the loss), top_k_prototypes
 database), ood_eval (evaluate on test + scikit-learn digits for the OOD AUROC) and
 tfrecord_dir (where the TFRecords built from the IDX files are cached; default a folder in
 --model_dir, so that runs never share a half-written cache in /tmp).
+
+configure() fixes the data folder, the TFRecord folder (--data_dir itself when it holds
+the TFRecords, else the cache) and their record counts (known before the cache is built:
+the cache holds the release's counts or is refused); check_inputs() then builds the cache
+and checks every file against its count.
 """
 import math
 import os
 
-from absl import flags
 import tensorflow.compat.v1 as tf
 
 from estimators import registry
 from estimators.protoattend import model_fn as model_fn_lib
 from estimators.protoattend import network
+from input_fns import data_root
 from input_fns import fashion_mnist
 from preprocessing import pad_crop_flip
 
-_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TFRECORD_CACHE = "fashion_mnist_tfrecords"  # default cache folder, inside --model_dir
 
-# Huawei flag name -> the run loop's common flag it stands for.
-FLAG_ALIASES = {
-    "num_steps": "train_steps",
-    "batch_size": "train_batch_size",
-    "random_seed": "tf_random_seed",
-    "display_step": "log_step_count_steps",
-    "save_step": "save_checkpoints_steps",
-    "data_url": "data_dir",
-    "train_url": "model_dir",
-    "chip": "device",
-    "val_step": "steps_per_eval",
-}
-
-COMMON_DEFAULTS = {
-    "train_steps": 100000,
-    "train_batch_size": 128,
-    "eval_batch_size": 1000,
-    "tf_random_seed": 1,
-    "log_step_count_steps": 500,
-    "save_checkpoints_steps": 4000,
-}
-
-
-def default_data_dir():
-  root = os.environ.get("DATA_ROOT") or os.path.join(_REPO_ROOT, "..", "shared", "data")
-  return os.path.join(root, "fashion_mnist")
+MODEL_FLAGS = (
+    registry.Flag("img_size", "integer", fashion_mnist.IMAGE_SIZE,
+                  "Image side (Fashion-MNIST: 28)."),
+    registry.Flag("num_classes", "integer", fashion_mnist.NUM_CLASSES, "Number of classes."),
+    registry.Flag("normalization", "enum", "sparsemax", "Attention normalisation.",
+                  network.NORMALIZATIONS),
+    registry.Flag("attention_dim", "integer", 16, "Key/query dimension.", registry.POSITIVE),
+    registry.Flag("val_dim", "integer", 64, "Value dimension.", registry.POSITIVE),
+    registry.Flag("final_units", "integer", 256, "Units of the encoder's last dense layer.",
+                  registry.POSITIVE),
+    registry.Flag("epsilon_sparsity", "float", 1e-6, "Epsilon inside the entropy's log.",
+                  registry.POSITIVE),
+    registry.Flag("sparsity_weight", "float", 1e-4, "Weight of the entropy regulariser.",
+                  registry.NON_NEGATIVE),
+    registry.Flag("alpha_intermediate", "float", 0.5,
+                  "Mix of prototype-weighted values in the joint loss.",
+                  registry.within(0.0, 1.0)),
+    registry.Flag("init_learning_rate", "float", 0.001, "Initial Adam learning rate.",
+                  registry.POSITIVE),
+    registry.Flag("decay_every", "integer", 2000, "Steps per factor decay_rate (continuous).",
+                  registry.POSITIVE),
+    registry.Flag("decay_rate", "float", 0.9, "Learning-rate decay factor.",
+                  registry.POSITIVE),
+    registry.Flag("gradient_thresh", "float", 20.0, "Clip every gradient to +-this value.",
+                  registry.POSITIVE),
+    registry.Flag("example_cand_size", "integer", 1024,
+                  "Candidates per training step (random training images). The recipe's "
+                  "1024 runs about 0.45 steps/s on a CPU (TF 2.15); --in_batch_candidates "
+                  "or --precision_mode=allow_mix_precision_bf16 (bf16) trains much faster.",
+                  registry.POSITIVE),
+    registry.Flag("eval_cand_size", "integer", 1024,
+                  "Size of the fixed candidate database for eval and predict (at most the "
+                  "training images).", registry.POSITIVE),
+    registry.Flag("in_batch_candidates", "bool", False,
+                  "Train with the query batch as candidate database (each query excluded "
+                  "from its own); ignores example_cand_size. Not upstream: much cheaper on "
+                  "CPU."),
+    registry.Flag("resnet_depth", "integer", 32, "Encoder depth, 6n+2."),
+    registry.Flag("weight_decay", "float", 0.0, "L2 weight of the conv kernels (upstream "
+                  "builds 2e-4 but never adds it: 0).", registry.NON_NEGATIVE),
+    registry.Flag("top_k_prototypes", "integer", 5, "Prototypes reported per prediction.",
+                  registry.POSITIVE),
+    registry.Flag("eval_cand_seed", "integer", 1,
+                  "Seed choosing the training images of the eval database.",
+                  registry.within(0, 2**32 - 1)),  # numpy's seed range
+    registry.Flag("ood_eval", "bool", True,
+                  "Evaluate on the test set plus scikit-learn digits (OOD AUROC)."),
+    registry.Flag("tfrecord_dir", "string", "",
+                  "Cache for the TFRecords built from the IDX files (default: <model_dir>/%s; "
+                  "unused when --data_dir holds the TFRecords)." % TFRECORD_CACHE),
+)
 
 
 def resolve_data_dir(data_dir):
-  """--data_dir may name the Fashion-MNIST folder itself or a root holding fashion_mnist/."""
+  """--data_dir may name the Fashion-MNIST folder itself or a root holding fashion_mnist/
+  (default: the shared data root's)."""
   if not data_dir:
-    return default_data_dir()
+    return os.path.join(data_root(), "fashion_mnist")
   nested = os.path.join(data_dir, "fashion_mnist")
   if not (fashion_mnist.has_idx_files(data_dir) or fashion_mnist.has_tfrecords(data_dir)) \
       and os.path.isdir(nested):
@@ -92,150 +122,111 @@ def resolve_data_dir(data_dir):
   return data_dir
 
 
-@registry.register("protoattend")
+def model_values(flag_values):
+  """The model's flags as the model_fn reads them, with the checks no range expresses
+  (the explanation tool's params too)."""
+  values = registry.values_of(MODEL_FLAGS, flag_values)
+  for name, expected in (("img_size", fashion_mnist.IMAGE_SIZE),
+                         ("num_classes", fashion_mnist.NUM_CLASSES)):
+    registry.require(values[name] == expected, "--%s=%r must be %d (Fashion-MNIST)"
+                     % (name, values[name], expected))
+  depth = values["resnet_depth"]
+  registry.require(depth >= 8 and (depth - 2) % 6 == 0, "--resnet_depth=%r must be 6n+2 "
+                   "with n >= 1 (8, 14, 20, 26, 32, ...)" % depth)
+  return values
+
+
+def data_values(data_dir_flag, tfrecord_dir_flag, model_dir, include_ood):
+  """The resolved data folder, the TFRecord folder the run reads (--data_dir when it holds
+  them, else the cache that check_inputs builds) and their record counts."""
+  data_dir = resolve_data_dir(data_dir_flag)
+  holds_records = fashion_mnist.has_tfrecords(data_dir, include_ood)
+  registry.require(holds_records or fashion_mnist.has_idx_files(data_dir),
+                   "--data_dir=%r: %s holds neither the four Fashion-MNIST IDX .gz files "
+                   "(%s) nor the TFRecords built from them" % (
+                       data_dir_flag, data_dir, ", ".join(
+                           n for names in fashion_mnist.IDX_FILES.values() for n in names)))
+  tfrecord_dir = data_dir if holds_records else (
+      tfrecord_dir_flag or os.path.join(model_dir, TFRECORD_CACHE))
+  return {"data_dir": data_dir, "tfrecord_dir": tfrecord_dir,
+          "record_counts": fashion_mnist.record_counts(data_dir, include_ood)}
+
+
+@registry.register
 class ProtoAttend(registry.Model):
   """ProtoAttend: ResNet-32 encoder + sparsemax attention over a candidate database."""
 
+  name = "protoattend"
   headline_metric = ("accuracy_prototypes",
                      "Fashion-MNIST test accuracy of the prototype-weighted prediction "
                      "(upstream's printed \"Val Accuracy\", the seed's 93.81 %)")
+  flags = MODEL_FLAGS
+  # The Huawei flag names of run-loop flags.
+  run_flag_aliases = {
+      "num_steps": "train_steps",
+      "batch_size": "train_batch_size",
+      "random_seed": "tf_random_seed",
+      "display_step": "log_step_count_steps",
+      "save_step": "save_checkpoints_steps",
+      "data_url": "data_dir",
+      "train_url": "model_dir",
+      "chip": "device",
+      "val_step": "steps_per_eval",
+  }
+  run_flag_defaults = {
+      "train_steps": 100000,
+      "train_batch_size": 128,
+      "eval_batch_size": 1000,
+      "tf_random_seed": 1,
+      "log_step_count_steps": 500,
+      "save_checkpoints_steps": 4000,
+  }
 
-  def define_flags(self, flag_values=None):
-    fv = flags.FLAGS if flag_values is None else flag_values
-    flags.DEFINE_integer("img_size", 28, "Image side (Fashion-MNIST: 28).", flag_values=fv)
-    flags.DEFINE_integer("num_classes", 10, "Number of classes.", flag_values=fv)
-    flags.DEFINE_enum("normalization", "sparsemax", list(network.NORMALIZATIONS),
-                      "Attention normalisation.", flag_values=fv)
-    flags.DEFINE_integer("attention_dim", 16, "Key/query dimension.", flag_values=fv)
-    flags.DEFINE_integer("val_dim", 64, "Value dimension.", flag_values=fv)
-    flags.DEFINE_integer("final_units", 256, "Units of the encoder's last dense layer.",
-                         flag_values=fv)
-    flags.DEFINE_float("epsilon_sparsity", 1e-6, "Epsilon inside the entropy's log.",
-                       flag_values=fv)
-    flags.DEFINE_float("sparsity_weight", 1e-4, "Weight of the entropy regulariser.",
-                       flag_values=fv)
-    flags.DEFINE_float("alpha_intermediate", 0.5,
-                       "Mix of prototype-weighted values in the joint loss.", flag_values=fv)
-    flags.DEFINE_float("init_learning_rate", 0.001, "Initial Adam learning rate.",
-                       flag_values=fv)
-    flags.DEFINE_integer("decay_every", 2000, "Steps per factor decay_rate (continuous).",
-                         flag_values=fv)
-    flags.DEFINE_float("decay_rate", 0.9, "Learning-rate decay factor.", flag_values=fv)
-    flags.DEFINE_float("gradient_thresh", 20.0, "Clip every gradient to +-this value.",
-                       flag_values=fv)
-    flags.DEFINE_integer("example_cand_size", 1024,
-                         "Candidates per training step (random training images). The "
-                         "recipe's 1024 runs about 0.45 steps/s on a CPU (TF 2.15); "
-                         "--in_batch_candidates or --precision_mode=allow_mix_precision_bf16 "
-                         "(bf16) trains much faster.", flag_values=fv)
-    flags.DEFINE_integer("eval_cand_size", 1024,
-                         "Size of the fixed candidate database for eval and predict.",
-                         flag_values=fv)
-    flags.DEFINE_bool("in_batch_candidates", False,
-                      "Train with the query batch as candidate database (each query "
-                      "excluded from its own); ignores example_cand_size. Not upstream: "
-                      "much cheaper on CPU.", flag_values=fv)
-    flags.DEFINE_integer("resnet_depth", 32, "Encoder depth, 6n+2.", flag_values=fv)
-    flags.DEFINE_float("weight_decay", 0.0,
-                       "L2 weight of the conv kernels (upstream builds 2e-4 but never "
-                       "adds it: 0).", flag_values=fv)
-    flags.DEFINE_integer("top_k_prototypes", 5, "Prototypes reported per prediction.",
-                         flag_values=fv)
-    flags.DEFINE_integer("eval_cand_seed", 1,
-                         "Seed choosing the training images of the eval database.",
-                         flag_values=fv)
-    flags.DEFINE_bool("ood_eval", True,
-                      "Evaluate on the test set plus scikit-learn digits (OOD AUROC).",
-                      flag_values=fv)
-    flags.DEFINE_string("tfrecord_dir", "",
-                        "Cache for the TFRecords built from the IDX files (default: "
-                        "<model_dir>/%s; unused when --data_dir holds the TFRecords)."
-                        % TFRECORD_CACHE, flag_values=fv)
-    for name, value in COMMON_DEFAULTS.items():
-      if name in fv:
-        fv.set_default(name, value)
-    for alias, original in FLAG_ALIASES.items():
-      if original in fv and alias not in fv:
-        flags.DEFINE_alias(alias, original, flag_values=fv)
+  def configure(self, flag_values, run):
+    """The model's values, its data folders and record counts, the training length and
+    one evaluation pass (the last batch padded), worked out once."""
+    values = model_values(flag_values)
+    # The resolved folders replace the raw --data_dir and --tfrecord_dir.
+    values.update(data_values(run.data_dir, values["tfrecord_dir"], run.model_dir,
+                              values["ood_eval"]))
+    counts = values["record_counts"]
+    # Every mode but train reads the fixed candidate database, drawn from the training set.
+    registry.require(run.mode == "train" or values["eval_cand_size"] <= counts["train"],
+                     "--eval_cand_size=%d must lie in [1, %d] (the training images of %s)"
+                     % (values["eval_cand_size"], counts["train"], values["data_dir"]))
+    registry.require(not values["in_batch_candidates"] or run.train_batch_size >= 2,
+                     "--train_batch_size=%d must be >= 2 with --in_batch_candidates "
+                     "(queries are the candidates)" % run.train_batch_size)
+    eval_examples = counts["test"] + counts.get("ood", 0)
+    one_pass = int(math.ceil(eval_examples / float(run.eval_batch_size)))
+    return run.replace(
+        train_steps=registry.train_steps(
+            flag_values, lambda: counts["train"] / float(run.train_batch_size),
+            self.run_flag_defaults["train_steps"]),
+        eval_steps=run.eval_steps or one_pass, **values)
 
-  def params(self, flags_):
-    names = ("img_size", "num_classes", "normalization", "attention_dim", "val_dim",
-             "final_units", "epsilon_sparsity", "sparsity_weight", "alpha_intermediate",
-             "init_learning_rate", "decay_every", "decay_rate", "gradient_thresh",
-             "example_cand_size", "eval_cand_size", "resnet_depth", "weight_decay",
-             "top_k_prototypes", "ood_eval", "in_batch_candidates")
-    return {name: getattr(flags_, name) for name in names}
-
-  def validate_flags(self, flags_):
-    checks = [
-        ("img_size", flags_.img_size == fashion_mnist.IMAGE_SIZE,
-         "must be %d (Fashion-MNIST)" % fashion_mnist.IMAGE_SIZE),
-        ("num_classes", flags_.num_classes == fashion_mnist.NUM_CLASSES,
-         "must be %d (Fashion-MNIST)" % fashion_mnist.NUM_CLASSES),
-        ("attention_dim", flags_.attention_dim > 0, "must be > 0"),
-        ("val_dim", flags_.val_dim > 0, "must be > 0"),
-        ("final_units", flags_.final_units > 0, "must be > 0"),
-        ("epsilon_sparsity", flags_.epsilon_sparsity > 0, "must be > 0"),
-        ("sparsity_weight", flags_.sparsity_weight >= 0, "must be >= 0"),
-        ("alpha_intermediate", 0.0 <= flags_.alpha_intermediate <= 1.0,
-         "must lie in [0, 1]"),
-        ("init_learning_rate", flags_.init_learning_rate > 0, "must be > 0"),
-        ("decay_every", flags_.decay_every > 0, "must be > 0"),
-        ("decay_rate", flags_.decay_rate > 0, "must be > 0"),
-        ("gradient_thresh", flags_.gradient_thresh > 0, "must be > 0"),
-        ("example_cand_size", flags_.example_cand_size > 0, "must be > 0"),
-        ("eval_cand_size",
-         0 < flags_.eval_cand_size <= fashion_mnist.SPLIT_SIZES["train"],
-         "must lie in [1, %d]" % fashion_mnist.SPLIT_SIZES["train"]),
-        ("resnet_depth", flags_.resnet_depth >= 8 and (flags_.resnet_depth - 2) % 6 == 0,
-         "must be 6n+2 with n >= 1 (8, 14, 20, 26, 32, ...)"),
-        ("weight_decay", flags_.weight_decay >= 0, "must be >= 0"),
-        ("top_k_prototypes", flags_.top_k_prototypes > 0, "must be > 0"),
-    ]
-    if flags_.in_batch_candidates and "train_batch_size" in flags_:
-      checks.append(("train_batch_size", flags_.train_batch_size >= 2,
-                     "must be >= 2 with --in_batch_candidates (queries are the candidates)"))
-    for name, ok, expected in checks:
-      if not ok:
-        raise ValueError("--%s=%r %s" % (name, getattr(flags_, name), expected))
-    data_dir = resolve_data_dir(flags_.data_dir)
-    if not (fashion_mnist.has_idx_files(data_dir) or
-            fashion_mnist.has_tfrecords(data_dir, flags_.ood_eval)):
-      raise ValueError(
-          "--data_dir=%r: %s holds neither the four Fashion-MNIST IDX .gz files (%s) nor "
-          "the TFRecords built from them" % (
-              flags_.data_dir, data_dir,
-              ", ".join(n for names in fashion_mnist.IDX_FILES.values() for n in names)))
-
-  def check_inputs(self, flags_):
-    """Builds the TFRecords now (or finds them up to date), so that a malformed IDX file
+  def check_inputs(self, config):
+    """Builds the TFRecord cache now (or finds it up to date), so that a malformed IDX file
     (IdxError, a ValueError naming the file) stops the run before any graph is built; so
     does a TFRecord file that holds other than its manifest's count."""
-    fashion_mnist.check_record_counts(self.tfrecord_dir(flags_), flags_.ood_eval)
-
-  def tfrecord_dir(self, flags_):
-    """Builds (once) and returns the TFRecord directory."""
-    cache = flags_.tfrecord_dir or os.path.join(flags_.model_dir, TFRECORD_CACHE)
     try:
-      return fashion_mnist.ensure_tfrecords(resolve_data_dir(flags_.data_dir), cache,
-                                            include_ood=flags_.ood_eval)
+      fashion_mnist.ensure_tfrecords(config.data_dir, config.tfrecord_dir,
+                                     include_ood=config.ood_eval)
     except OSError as error:
       raise ValueError("--tfrecord_dir: cannot write the TFRecord cache %s (%s)"
-                       % (cache, error.strerror or error))
+                       % (config.tfrecord_dir, error.strerror or error))
+    fashion_mnist.check_record_counts(config.tfrecord_dir, config.ood_eval)
 
-  def train_examples(self, flags_):
-    return fashion_mnist.split_size(self.tfrecord_dir(flags_), "train")
+  def model_fn(self, features, labels, mode, config):
+    return model_fn_lib.model_fn(features, labels, mode, config)
 
-  def model_fn(self, features, labels, mode, params):
-    return model_fn_lib.model_fn(features, labels, mode, params)
-
-  def input_fn(self, flags_, mode):
+  def input_fn(self, config, mode):
     return fashion_mnist.make_input_fn(
-        self.tfrecord_dir(flags_), mode, flags_.example_cand_size, flags_.eval_cand_size,
-        flags_.eval_cand_seed, include_ood=flags_.ood_eval,
-        in_batch_candidates=flags_.in_batch_candidates)
+        config.tfrecord_dir, mode, config.example_cand_size, config.eval_cand_size,
+        config.eval_cand_seed, include_ood=config.ood_eval,
+        in_batch_candidates=config.in_batch_candidates, counts=config.record_counts)
 
-  def summarize(self, results, flags_):
+  def summarize(self, results, config):
     """Accuracies, confidence-controlled accuracy/coverage and OOD AUROC as a table."""
     if "accuracy_prototypes" not in results:
       return None
@@ -257,16 +248,9 @@ class ProtoAttend(registry.Model):
                    % results["ood_auroc"])
     return "\n".join(lines)
 
-  def eval_steps(self, flags_):
-    """One pass over the test set (+ OOD digits), the last batch padded."""
-    if flags_.eval_steps:
-      return flags_.eval_steps
-    total = fashion_mnist.num_eval_examples(self.tfrecord_dir(flags_), flags_.ood_eval)
-    return int(math.ceil(total / float(flags_.eval_batch_size)))
-
-  def serving_input_receiver_fn(self, flags_):
+  def serving_input_receiver_fn(self, config):
     """Raw 0..255 query images plus the candidate database (images, labels, ids)."""
-    size = flags_.img_size
+    size = config.img_size
 
     def serving_input_receiver_fn():
       receivers = {

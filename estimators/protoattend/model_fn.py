@@ -10,8 +10,9 @@ Adam on tf.train.exponential_decay(init_lr, step, decay_every, decay_rate) (cont
 gradients clipped by value to +-gradient_thresh, UPDATE_OPS as control dependencies.
 
 Queries and candidates go through the encoder as ONE concatenated batch (upstream: two
-calls). It halves the number of kernel launches; in training the batch-norm statistics
-are then those of queries + candidates together instead of each group separately.
+calls; `network.encode`, not the query-only `network.build`, see network.py). It halves
+the number of kernel launches; in training the batch-norm statistics are then those of
+queries + candidates together instead of each group separately.
 With --in_batch_candidates (not upstream; off by default) the training step has no
 separate candidates: each query attends to the other queries of its batch. That removes
 the cost of encoding example_cand_size extra images per step (8x the query batch with
@@ -46,16 +47,13 @@ WEIGHT_FRACTIONS = (0.5, 0.9, 0.95)
 AUROC_THRESHOLDS = 2001
 
 
-def _encode(images, cand_images, params, training):
+def _encode(images, cand_images, config, is_training):
   """Encodes queries and candidates in one batch; without candidates the queries double
   as candidates. Returns (queries, values, cand_keys, cand_values)."""
   num_queries = tf.shape(images)[0]
   if cand_images is not None:
     images = tf.concat([images, cand_images], axis=0)
-  keys, queries, values = network.encoder(
-      images, training, attention_dim=params["attention_dim"], val_dim=params["val_dim"],
-      final_units=params["final_units"], depth=params["resnet_depth"],
-      weight_decay=params["weight_decay"])
+  keys, queries, values = network.encode(images, is_training, config)
   if cand_images is None:
     return queries, values, keys, values
   return queries[:num_queries], values[:num_queries], keys[num_queries:], values[num_queries:]
@@ -112,7 +110,7 @@ def ood_auroc(is_ood, confidence, weights):
                         summation_method="careful_interpolation", name="ood_auroc")
 
 
-def eval_metric_ops(outputs, labels, features, params):
+def eval_metric_ops(outputs, labels, features, config):
   """The evaluation metrics (see the module docstring for which examples count)."""
   valid = features.get("weight")
   if valid is None:
@@ -144,33 +142,33 @@ def eval_metric_ops(outputs, labels, features, params):
     counts = prototypes_for_weight(outputs["weights"], fraction)
     metrics["prototypes_for_%d%%_weight/median" % round(100 * fraction)] = (
         streaming_median_count(counts, num_cands, weights=in_dist))
-  if is_ood is not None and params.get("ood_eval", True):
+  if is_ood is not None and config.get("ood_eval", True):
     metrics["ood_auroc"] = ood_auroc(is_ood, conf, valid)
     metrics["mean_confidence_ood"] = tf.metrics.mean(
         conf, weights=valid * tf.cast(is_ood, tf.float32))
   return metrics
 
 
-def build_outputs(features, labels, params, training):
+def build_outputs(features, labels, config, is_training):
   """Runs encoder, attention and the three classifier heads; returns a dict of tensors.
 
   Without `cand_image` in the features (--in_batch_candidates, training only), the query
   batch is the candidate database: each query attends to the other queries, never to
   itself, and the candidates' labels are the batch labels.
   """
-  num_classes = params["num_classes"]
+  num_classes = config["num_classes"]
   in_batch = "cand_image" not in features
   if in_batch and labels is None:
     raise ValueError("features without 'cand_image' (in-batch candidates) need labels")
   queries, values, cand_keys, cand_values = _encode(
-      features["image"], features.get("cand_image"), params, training)
+      features["image"], features.get("cand_image"), config, is_training)
   exclude = None
   if in_batch:
     exclude = tf.cast(tf.eye(tf.shape(queries)[0]), tf.bool)
   weighted, weights = network.relational_attention(
-      queries, cand_keys, cand_values, params["normalization"], exclude=exclude)
+      queries, cand_keys, cand_values, config["normalization"], exclude=exclude)
   cand_labels = tf.cast(labels, tf.int32) if in_batch else features["cand_label"]
-  alpha = params["alpha_intermediate"]
+  alpha = config["alpha_intermediate"]
   logits_self = network.classify(values, num_classes)
   logits_prototypes = network.classify(weighted, num_classes)
   logits_joint = network.classify((1.0 - alpha) * values + alpha * weighted, num_classes)
@@ -186,10 +184,10 @@ def build_outputs(features, labels, params, training):
   }
 
 
-def total_loss(outputs, labels, params, example_weights):
+def total_loss(outputs, labels, config, example_weights):
   """The ProtoAttend loss; returns (loss, dict of its terms)."""
   weights = outputs["weights"]
-  eps = params["epsilon_sparsity"]
+  eps = config["epsilon_sparsity"]
   num_cands = tf.cast(tf.shape(weights)[1], tf.float32)
   entropy = tf.reduce_sum(-weights * tf.log(eps + weights), axis=1)
   terms = {
@@ -199,21 +197,21 @@ def total_loss(outputs, labels, params, example_weights):
       "sparsity": _weighted_mean(entropy, example_weights) - tf.log(eps + num_cands),
   }
   loss = (terms["self"] + terms["prototypes"] + terms["joint"]
-          + params["sparsity_weight"] * terms["sparsity"])
-  if params["weight_decay"] > 0:
+          + config["sparsity_weight"] * terms["sparsity"])
+  if config["weight_decay"] > 0:
     terms["weight_decay"] = layers.l2_regularization_loss()
     loss += terms["weight_decay"]
   return loss, terms
 
 
-def _train_op(loss, params):
+def _train_op(loss, config):
   global_step = tf.train.get_or_create_global_step()
   learning_rate = schedules.learning_rate(
-      global_step, "exponential", params["init_learning_rate"],
-      decay_steps=params["decay_every"], decay_rate=params["decay_rate"], staircase=False)
+      global_step, "exponential", config["init_learning_rate"],
+      decay_steps=config["decay_every"], decay_rate=config["decay_rate"], staircase=False)
   tf.summary.scalar("learning_rate", learning_rate)
-  optimizer = optimizers.wrap_optimizer(tf.train.AdamOptimizer(learning_rate), params)
-  thresh = float(params["gradient_thresh"])
+  optimizer = optimizers.wrap_optimizer(tf.train.AdamOptimizer(learning_rate), config)
+  thresh = float(config["gradient_thresh"])
   grads_and_vars = optimizer.compute_gradients(loss)
   clipped = [(tf.clip_by_value(g, -thresh, thresh), v) for g, v in grads_and_vars
              if g is not None]
@@ -223,11 +221,11 @@ def _train_op(loss, params):
     return optimizer.apply_gradients(clipped, global_step=global_step)
 
 
-def _predictions(outputs, features, params):
+def _predictions(outputs, features, config):
   weights = outputs["weights"]
   num_cands = weights.shape.as_list()[1]
-  top_k = params["top_k_prototypes"] if num_cands is None else min(
-      params["top_k_prototypes"], num_cands)
+  top_k = config["top_k_prototypes"] if num_cands is None else min(
+      config["top_k_prototypes"], num_cands)
   top_weights, top_index = tf.nn.top_k(weights, k=top_k)
   predictions = {
       "class": outputs["classes"],
@@ -243,29 +241,30 @@ def _predictions(outputs, features, params):
                                           classes_key="class")
 
 
-def model_fn(features, labels, mode, params):
-  """Estimator model_fn for ProtoAttend (see the module docstring)."""
-  training = mode == tf.estimator.ModeKeys.TRAIN
-  outputs = build_outputs(features, labels, params, training)
+def model_fn(features, labels, mode, config):
+  """Estimator model_fn for ProtoAttend (see the module docstring); `config`: the run's
+  Config, or any mapping with the values it reads (the explanation tool's)."""
+  is_training = mode == tf.estimator.ModeKeys.TRAIN
+  outputs = build_outputs(features, labels, config, is_training)
   if mode == tf.estimator.ModeKeys.PREDICT:
-    predictions = _predictions(outputs, features, params)
+    predictions = _predictions(outputs, features, config)
     return tf.estimator.EstimatorSpec(
         mode, predictions=predictions,
         export_outputs={"serving_default": tf.estimator.export.PredictOutput(predictions)})
 
   labels = tf.cast(labels, tf.int32)
   example_weights = tf.ones_like(outputs["confidence"])
-  if not training:
+  if not is_training:
     example_weights = features.get("weight", example_weights)
     if "is_ood" in features:
       example_weights *= tf.cast(tf.equal(features["is_ood"], 0), tf.float32)
-  loss, terms = total_loss(outputs, labels, params, example_weights)
+  loss, terms = total_loss(outputs, labels, config, example_weights)
 
-  if not training:
+  if not is_training:
     return tf.estimator.EstimatorSpec(
-        mode, loss=loss, eval_metric_ops=eval_metric_ops(outputs, labels, features, params))
+        mode, loss=loss, eval_metric_ops=eval_metric_ops(outputs, labels, features, config))
 
   for name, value in terms.items():
     tf.summary.scalar("loss/" + name, value)
   tf.summary.scalar("mean_max_weight", tf.reduce_mean(tf.reduce_max(outputs["weights"], 1)))
-  return tf.estimator.EstimatorSpec(mode, loss=loss, train_op=_train_op(loss, params))
+  return tf.estimator.EstimatorSpec(mode, loss=loss, train_op=_train_op(loss, config))

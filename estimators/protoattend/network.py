@@ -16,6 +16,12 @@ The upstream L2 regularisers (2e-4) are created but never added to the loss; her
 `weight_decay` argument registers them (estimators.layers.l2_regularization_loss) and the
 model_fn adds them only when --weight_decay > 0 (default 0, the upstream behaviour).
 LayerNorm uses eps 1e-12, the tf.contrib.layers.layer_norm value upstream relies on.
+
+`build` (the network contract) is the plain classifier of a query batch: encoder and
+classifier, logits from the queries' own values. The model_fn cannot be that call: it
+encodes queries and candidates in one batch (`encode`) and classifies the queries' own
+values, the attention's prototype-weighted values and their mix after the attention, with
+one classifier (the order also fixes the op seeds of the initial weights).
 """
 import math
 
@@ -31,14 +37,14 @@ def _he_normal():
   return layers.variance_scaling(scale=2.0, mode="fan_in", distribution="truncated_normal")
 
 
-def resnet_layer(x, filters, training, kernel_size=3, strides=1, relu=True,
+def resnet_layer(x, filters, is_training, kernel_size=3, strides=1, relu=True,
                  normalization=True, weight_decay=0.0, name="resnet_layer"):
   """conv (no bias, He-normal) -> [BN] -> [ReLU], the upstream `resnet_layer`."""
   with tf.variable_scope(name):
     x = layers.conv2d(x, filters, kernel_size, strides=strides, use_bias=False,
                       kernel_initializer=_he_normal(), weight_decay=weight_decay)
     if normalization:
-      x = layers.batch_norm(x, training, decay=0.9, epsilon=1e-5)
+      x = layers.batch_norm(x, is_training, decay=0.9, epsilon=1e-5)
     if relu:
       x = tf.nn.relu(x)
     return x
@@ -51,25 +57,25 @@ def resnet_blocks_per_stage(depth):
   return (depth - 2) // 6
 
 
-def encoder(images, training, attention_dim=16, val_dim=64, final_units=256, depth=32,
+def encoder(images, is_training, attention_dim=16, val_dim=64, final_units=256, depth=32,
             base_filters=16, weight_decay=0.0, name="encoder"):
   """images [N, H, W, C] -> (keys [N, attention_dim], queries [N, attention_dim],
   values [N, val_dim])."""
   blocks = resnet_blocks_per_stage(depth)
   with tf.variable_scope(name):
-    x = resnet_layer(images, base_filters, training, weight_decay=weight_decay, name="stem")
+    x = resnet_layer(images, base_filters, is_training, weight_decay=weight_decay, name="stem")
     filters = base_filters
     for stage in range(3):
       for block in range(blocks):
         downsample = stage > 0 and block == 0
         strides = 2 if downsample else 1
         with tf.variable_scope("stage%d_block%d" % (stage + 1, block + 1)):
-          y = resnet_layer(x, filters, training, strides=strides,
+          y = resnet_layer(x, filters, is_training, strides=strides,
                            weight_decay=weight_decay, name="conv1")
-          y = resnet_layer(y, filters, training, relu=False, weight_decay=weight_decay,
+          y = resnet_layer(y, filters, is_training, relu=False, weight_decay=weight_decay,
                            name="conv2")
           if downsample:
-            x = resnet_layer(x, filters, training, kernel_size=1, strides=strides,
+            x = resnet_layer(x, filters, is_training, kernel_size=1, strides=strides,
                              relu=False, normalization=False, weight_decay=weight_decay,
                              name="projection")
           x = tf.nn.relu(x + y)
@@ -82,6 +88,22 @@ def encoder(images, training, attention_dim=16, val_dim=64, final_units=256, dep
     values = tf.nn.relu(layers.dense(x, val_dim, name="values"))
     values = layers.layer_norm(values, epsilon=LAYER_NORM_EPSILON, name="values_norm")
     return keys, queries, values
+
+
+def encode(images, is_training, config):
+  """The encoder sized by `config` (attention_dim, val_dim, final_units, resnet_depth,
+  weight_decay): (keys, queries, values)."""
+  return encoder(images, is_training, attention_dim=config["attention_dim"],
+                 val_dim=config["val_dim"], final_units=config["final_units"],
+                 depth=config["resnet_depth"], weight_decay=config["weight_decay"])
+
+
+def build(images, num_classes, is_training, config):
+  """A query batch's own logits (encoder, then the shared classifier on its values) and
+  end_points: keys, queries and values (what the attention uses) and logits."""
+  keys, queries, values = encode(images, is_training, config)
+  logits = classify(values, num_classes)
+  return logits, {"keys": keys, "queries": queries, "values": values, "logits": logits}
 
 
 def sparsemax(logits, name="sparsemax"):

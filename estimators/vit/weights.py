@@ -8,7 +8,8 @@ Layouts read:
   blocks numbered `LayerNorm_0/1`, `MultiHeadDotProductAttention_0`, `MlpBlock_0`, and
   optionally one layer-stacked `Transformer/encoderblock/` ("scanned") subtree.
 
-Fine-tuning adaptations (as vit_jax `checkpoint.load_pretrained`):
+`Filter(num_classes, reset_head)` is this format's filter for estimators.pretrained, with
+the fine-tuning adaptations of vit_jax `checkpoint.load_pretrained`:
 - the position embeddings are resized to the model's grid (class token kept, the grid
   zoomed bilinearly as `scipy.ndimage.zoom(order=1)`);
 - the head is replaced (kept at its zero init) when the class count differs or
@@ -112,47 +113,35 @@ def _canonical_locations(file_shapes):
   return locations
 
 
-def open_source(path):
-  """The .npz at `path` seen with canonical (vit_jax) key names; reads headers only."""
-  file_shapes = pretrained.read_shapes(path)
-  return pretrained.NpzSource(path, _canonical_locations(file_shapes), file_shapes)
+class Filter(pretrained.ClassifierFilter):
+  """ViT's filter: the layouts above read under canonical (vit_jax) key names, the
+  position embeddings resized to the model's grid, `pre_logits` dropped when the model
+  has none; the head as `pretrained.ClassifierFilter` does."""
+
+  head_prefix = "head/"
+  head_kernel = "head/kernel"
+
+  @staticmethod
+  def open_source(path):
+    """The .npz at `path` seen with canonical key names; reads headers only."""
+    file_shapes = pretrained.read_shapes(path)
+    return pretrained.NpzSource(path, _canonical_locations(file_shapes), file_shapes)
+
+  def transform(self, key, variable):
+    if key == POSITION_EMBEDDING:
+      return _ResizePositionEmbedding(variable.shape.as_list()[1])
+    return None
+
+  def dropped(self, source, by_key):
+    pre_logits = set(key for key in source.shapes
+                     if key.startswith("pre_logits/") and key not in by_key)
+    if pre_logits:
+      tf.logging.info("Dropping pre_logits of %s: the model has no representation layer",
+                      source.path)
+    return pre_logits
 
 
 def representation_size(path):
   """Width of the file's pre_logits layer, or None when the file has none."""
-  shapes = open_source(path).shapes
+  shapes = Filter.open_source(path).shapes
   return shapes["pre_logits/kernel"][-1] if "pre_logits/kernel" in shapes else None
-
-
-def plan(path, variables, num_classes, reset_head=False, scope=""):
-  """(source, entries) loading `path` into `variables`; raises one WeightsMismatchError."""
-  source = open_source(path)
-  by_key = {pretrained.variable_name(v, scope): v for v in variables}
-  head_classes = source.shapes.get("head/kernel", (0, None))[-1]
-  load_head = (not reset_head) and head_classes == num_classes
-  if not load_head:
-    tf.logging.info("Replacing the head of %s (%s classes) by a zero-initialised %d-way head",
-                    path, head_classes, num_classes)
-  entries, skipped = [], set()
-  for key, variable in sorted(by_key.items()):
-    if key.startswith("head/") and not load_head:
-      continue
-    transform = None
-    if key == POSITION_EMBEDDING:
-      transform = _ResizePositionEmbedding(variable.shape.as_list()[1])
-    entries.append(pretrained.Entry(variable, key, transform))
-  consumed = set(entry.key for entry in entries)
-  for key in source.shapes:
-    if key.startswith("head/") or (key.startswith("pre_logits/") and key not in by_key):
-      skipped.add(key)
-  if any(k.startswith("pre_logits/") for k in skipped):
-    tf.logging.info("Dropping pre_logits of %s: the model has no representation layer", path)
-  extra = sorted(set(source.shapes) - consumed - skipped)
-  pretrained.check(source, entries, extra)
-  return source, entries
-
-
-def scaffold(path, variables, num_classes, reset_head=False, scope=""):
-  """A Scaffold that initialises `variables` from `path` (warm start, see pretrained)."""
-  source, entries = plan(path, variables, num_classes, reset_head, scope)
-  return pretrained.scaffold(source, entries)
