@@ -74,7 +74,16 @@ class Config(collections.abc.Mapping):
     return Config(self._values, **changes)
 
   def __repr__(self):
-    return "Config(%s)" % ", ".join("%s=%r" % item for item in sorted(self._values.items()))
+    return "Config(%s)" % ", ".join("%s=%s" % (name, _short_repr(value))
+                                    for name, value in sorted(self._values.items()))
+
+
+def _short_repr(value, most=8):
+  """repr(value), a long list or tuple (ImageNet's 1001 class names) cut to its first items:
+  the run logs its Config on one line."""
+  if isinstance(value, (list, tuple)) and len(value) > most:
+    return "%r ... (%d items)" % (list(value[:most]), len(value))
+  return repr(value)
 
 
 class Range(collections.namedtuple("Range", "low high low_closed high_closed")):

@@ -110,6 +110,9 @@ def test_the_config_is_frozen_printable_and_worked_out_once():
     config.hidden = 9
   assert config.replace(hidden=9).hidden == 9 and config.hidden == 8
   assert "hidden=8" in repr(config) and "train_batch_size=32" in repr(config)
+  names = repr(config.replace(class_names=["c%d" % i for i in range(1001)]))
+  assert "class_names=['c0', 'c1', 'c2', 'c3', 'c4', 'c5', 'c6', 'c7'] ... (1001 items)" in names
+  assert "c8'" not in names, "the logged Config line stays short"
 
 
 def test_flag_ranges_come_from_the_table(tmp_path):
