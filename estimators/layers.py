@@ -93,10 +93,14 @@ def batch_norm(x, training, decay=0.9, epsilon=1e-5, center=True, scale=True,
                             trainable=scale)
     beta = tf.get_variable("beta", [channels], initializer=tf.zeros_initializer(),
                            trainable=center)
+    # Under tf.distribute each replica updates the moving statistics from its own batch;
+    # MEAN keeps the mirrored copies equal (the average of the replicas' updates).
     moving_mean = tf.get_variable("moving_mean", [channels],
-                                  initializer=tf.zeros_initializer(), trainable=False)
+                                  initializer=tf.zeros_initializer(), trainable=False,
+                                  aggregation=tf.VariableAggregation.MEAN)
     moving_var = tf.get_variable("moving_variance", [channels],
-                                 initializer=tf.ones_initializer(), trainable=False)
+                                 initializer=tf.ones_initializer(), trainable=False,
+                                 aggregation=tf.VariableAggregation.MEAN)
     squeeze = len(x.shape) == 2
     if squeeze:
       x = x[:, None, None, :]

@@ -298,12 +298,20 @@ def warm_start(path, variables, weights_filter):
   checkpoint; its init_fn assigns the values through placeholders (see the module
   docstring)."""
   source, entries = plan(path, variables, weights_filter)
-  by_key = {}
-  with tf.name_scope("load_pretrained"):
-    for entry in entries:
-      placeholder = tf.placeholder(entry.variable.dtype.base_dtype, entry.variable.shape)
-      by_key[entry.key] = (entry, placeholder,
-                           entry.variable.assign(placeholder, read_value=False))
+
+  def assign_ops(unused_strategy=None):
+    by_key = {}
+    with tf.name_scope("load_pretrained"):
+      for entry in entries:
+        placeholder = tf.placeholder(entry.variable.dtype.base_dtype, entry.variable.shape)
+        by_key[entry.key] = (entry, placeholder,
+                             entry.variable.assign(placeholder, read_value=False))
+    return by_key
+
+  # Under tf.distribute the model_fn runs in each replica's context, where a mirrored
+  # variable cannot be assigned; in the cross-replica context one assign sets every copy.
+  replica_context = tf.distribute.get_replica_context()
+  by_key = replica_context.merge_call(assign_ops) if replica_context else assign_ops()
 
   def init_fn(unused_scaffold, session):
     tf.logging.info("Initialising %d variables from %s", len(by_key), source.path)

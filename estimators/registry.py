@@ -194,6 +194,9 @@ class Model(object):
   run_flag_defaults = {}  # run-loop flag -> this model's default
   run_flag_aliases = {}  # the seed's name -> the run-loop flag it stands for
   tf2_seed_flags = False  # accepts the ModelZoo TF2 scripts' flag names (BiT's seed)
+  # Why the model trains on one device only (None: its batch splits over replicas, for
+  # tf.distribute and NPU ranks alike).
+  single_device_only = None
 
   def configure(self, flag_values, run):
     """Returns `run` (a Config of the run loop's values) with the model's values added:

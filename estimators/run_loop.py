@@ -28,6 +28,7 @@ from estimators import registry
 from estimators import run_control
 from input_fns import record_checks
 from migration import backend as backend_lib
+from migration import distribute
 from migration import estimator as estimator_lib
 from migration import precision
 from migration import run_config as run_config_lib
@@ -88,6 +89,11 @@ RUN_FLAGS = (
     registry.Flag("export_dir", "string", None, "Export a SavedModel here after training."),
     registry.Flag("predictions_file", "string", None, "predict: JSON-lines output "
                   "(default: <model_dir>/predictions.jsonl)."),
+    registry.Flag("distribution", "enum", "none", "Training on several devices or machines "
+                  "(tf.distribute): none, mirrored (the GPUs of this machine), "
+                  "multi_worker_mirrored (synchronous, workers from TF_CONFIG), parameter_server "
+                  "(asynchronous, TF_CONFIG with ps tasks). On the NPU keep none: ranks come "
+                  "from RANK_SIZE (HCCL).", distribute.STRATEGIES),
     registry.Flag("device", "enum", "auto", "auto: npu if npu_bridge imports, else gpu if "
                   "TensorFlow sees one, else cpu.", backend_lib.DEVICES),
     registry.Flag("save_checkpoints_steps", "integer", None, "Checkpoint every N steps.",
@@ -364,8 +370,9 @@ class Throughput(object):
 
 
 class ExamplesPerSecondHook(tf.train.SessionRunHook):
-  """Logs steps/sec and examples/sec every N steps and writes them as summaries; adds the
-  train call's step timing to a Throughput (whatever N is)."""
+  """Logs steps/sec and examples/sec every N steps and writes them as summaries (when
+  `output_dir` is given: the chief's); adds the train call's step timing to a Throughput
+  (whatever N is)."""
 
   def __init__(self, batch_size, every_n_steps, output_dir, throughput):
     self._batch_size = batch_size
@@ -375,7 +382,7 @@ class ExamplesPerSecondHook(tf.train.SessionRunHook):
 
   def begin(self):
     self._global_step = tf.train.get_global_step()
-    self._writer = tf.summary.FileWriterCache.get(self._output_dir)
+    self._writer = self._output_dir and tf.summary.FileWriterCache.get(self._output_dir)
     self._start_step = self._start_time = self._last_time = None
     self._after_first = None  # (global step, time) once the first run is done
 
@@ -399,8 +406,9 @@ class ExamplesPerSecondHook(tf.train.SessionRunHook):
         examples_per_sec = steps_per_sec * self._batch_size
         logging.info("step %d: %.3f steps/sec, %.1f examples/sec", step, steps_per_sec,
                      examples_per_sec)
-        self._writer.add_summary(tf.Summary(value=[
-            tf.Summary.Value(tag="examples/sec", simple_value=examples_per_sec)]), step)
+        if self._writer:
+          self._writer.add_summary(tf.Summary(value=[
+              tf.Summary.Value(tag="examples/sec", simple_value=examples_per_sec)]), step)
 
   def end(self, session):
     if self._after_first is None:
@@ -429,13 +437,14 @@ def print_final_metrics(metrics):
   return line
 
 
-def run_values(flag_values, backend):
+def run_values(flag_values, backend, distribution=distribute.SINGLE):
   """The run loop's values, worked out once: where every model's configure() starts."""
   return registry.Config(
       mode=flag_values.mode,
       model_dir=flag_values.model_dir,
       data_dir=flag_values.data_dir,
       train_batch_size=flag_values.train_batch_size,
+      distribution=distribution,
       eval_batch_size=flag_values.eval_batch_size,
       predict_batch_size=flag_values.predict_batch_size or flag_values.eval_batch_size,
       steps_per_eval=flag_values.steps_per_eval,
@@ -454,12 +463,23 @@ def run_values(flag_values, backend):
                                               flag_values.precision_mode))
 
 
-def configure(model, flag_values, backend):
+def configure(model, flag_values, backend, distribution=distribute.SINGLE):
   """The run's Config: the run loop's values, then the model's (ranges from its flag
   table, then its configure()); every data check last. One ConfigError line on failure."""
   try:
     registry.check_ranges(model.flags, flag_values)
-    config = model.configure(flag_values, run_values(flag_values, backend))
+    if model.single_device_only and (distribution.strategy != "none" or
+                                     distribution.num_workers > 1):
+      raise ValueError("%s trains on one device only (%s); it cannot run as %s" % (
+          model.name, model.single_device_only, distribution.describe()))
+    config = model.configure(flag_values, run_values(flag_values, backend, distribution))
+    # After configure(), which may set the batch: each replica's share of it, and what one
+    # global step trains on (one worker's share where parameter servers apply each
+    # worker's update as a step of its own).
+    replica_batch = distribute.per_replica_batch("train_batch_size", config.train_batch_size,
+                                                 distribution)
+    config = config.replace(replica_batch_size=replica_batch, examples_per_step=(
+        config.train_batch_size if distribution.synchronous else replica_batch))
     config = config.replace(steps_per_eval=config.steps_per_eval or config.train_steps)
     model.check_inputs(config)  # the last check: it may build a data cache
   except ValueError as e:
@@ -476,11 +496,25 @@ class Runner(object):
     self.model_flags = model_flags  # the model's own flags, recorded in flags.json
     self.stop = run_control.GracefulStop()  # unless entered, signals act as usual
     self.throughput = Throughput()
+    distribution = config.distribution
     logging.info("model=%s device=%s runs as %s, loss scale %s; %r", model.name,
                  backend.device, config.compute_dtype, config.loss_scale, config)
+    if distribution.num_workers > 1 or distribution.strategy != "none":
+      logging.info("%s; global batch %d, %d per replica", distribution.describe(),
+                   config.train_batch_size, config.replica_batch_size)
+    # In a TF_CONFIG cluster the chief writes and the others follow it (see run_worker). On
+    # the NPU, NPURunConfig always saves (no steps nor secs means every 100 steps): each rank
+    # keeps its own --model_dir (scripts/train_full_8p.sh: output/<device id>/ckpt), and the
+    # broadcast from rank 0 makes the others' checkpoints irrelevant on resume.
+    if distribution.in_cluster and not distribution.is_chief:
+      # (log_step_count_steps: TensorFlow's step counter would write summaries; our
+      # ExamplesPerSecondHook logs this worker's throughput.)
+      run_opts = run_opts._replace(save_checkpoints_steps=None, save_checkpoints_secs=None,
+                                   save_summary_steps=0, log_step_count_steps=None)
     self.estimator = estimator_lib.create_estimator(
-        self._model_fn, run_config_lib.build_run_config(backend, run_opts, npu_opts),
-        train_batch_size=config.train_batch_size, eval_batch_size=config.eval_batch_size,
+        self._model_fn, run_config_lib.build_run_config(
+            backend, run_opts, npu_opts, distribute.make_strategy(distribution)),
+        train_batch_size=config.replica_batch_size, eval_batch_size=config.eval_batch_size,
         predict_batch_size=config.predict_batch_size, backend=backend)
 
   def _model_fn(self, features, labels, mode, params):
@@ -501,16 +535,28 @@ class Runner(object):
   def train(self, max_steps, extra_hooks=()):
     """Trains to `max_steps`; returns the seconds. `extra_hooks`: e.g. a benchmark's timer."""
     divergence = checkpoints.DivergenceHook()
-    hooks = [ExamplesPerSecondHook(self.config.train_batch_size,
-                                   self.config.log_step_count_steps, self.config.model_dir,
-                                   self.throughput),
+    chief = self.config.distribution.is_chief
+    hooks = [ExamplesPerSecondHook(self.config.examples_per_step,
+                                   self.config.log_step_count_steps,
+                                   self.config.model_dir if chief else None, self.throughput),
              self.stop.hook(), divergence, self.compatibility_hook()] + list(extra_hooks)
     start = time.time()
     input_fn = self.model.input_fn(self.config, tf.estimator.ModeKeys.TRAIN)
-    try:
-      run_reading(input_fn, lambda: self.estimator.train(
+    if self.config.distribution.in_cluster:
+      # TensorFlow runs TF_CONFIG's tasks only through train_and_evaluate (its distribute
+      # coordinator starts this task's server; a ps task serves until stopped). The cluster
+      # has no evaluator task, so the EvalSpec is never used: the chief evaluates after.
+      # The coordinator passes no saving listeners: NaN weights stop training through the
+      # loss (DivergenceHook) before any checkpoint.
+      work = lambda: tf.estimator.train_and_evaluate(
+          self.estimator, tf.estimator.TrainSpec(input_fn, max_steps=max_steps, hooks=hooks),
+          tf.estimator.EvalSpec(input_fn))
+    else:
+      work = lambda: self.estimator.train(
           input_fn, max_steps=max_steps, hooks=hooks,
-          saving_listeners=[checkpoints.FiniteWeightsListener()]), self.config)
+          saving_listeners=[checkpoints.FiniteWeightsListener()])
+    try:
+      run_reading(input_fn, work, self.config)
     except tf.train.NanLossDuringTrainingError:
       raise divergence.error(self.config.model_dir)
     self.stop.check()
@@ -537,7 +583,7 @@ class Runner(object):
 
   def throughput_metrics(self):
     """{"examples_per_sec": ...} of the training so far (logged), or {} if none ran."""
-    batch_size = self.config.train_batch_size
+    batch_size = self.config.examples_per_step
     examples_per_sec = self.throughput.examples_per_sec(batch_size)
     if examples_per_sec is None:
       return {}
@@ -555,14 +601,29 @@ class Runner(object):
                 train_seconds=seconds)
 
   def run_train_and_eval(self):
+    """Alternates training and evaluation. Processes other than the chief train the same
+    segments and leave the evaluations to it; a TF_CONFIG cluster trains in one segment
+    (its servers live as long as the process), then the chief evaluates."""
     total, interval = self.config.train_steps, self.config.steps_per_eval
+    distribution = self.config.distribution
+    if distribution.in_cluster and interval < total:
+      logging.info("--distribution=%s: training runs to step %d before the chief evaluates "
+                   "(evaluations in between: --mode=continuous_eval in another process)",
+                   distribution.strategy, total)
+      interval = total
     step = self.global_step()
-    results, seconds = {}, 0.0
-    while step < total or not results:
-      step = min(step + interval, total)
-      seconds += self.train(step)
-      results = self.evaluate()
-      step = self.global_step()
+    results, seconds, evaluated = {}, 0.0, False
+    while step < total or not evaluated:
+      target = min(step + interval, total)
+      seconds += self.train(target)
+      evaluated = True
+      if distribution.is_chief:
+        results = self.evaluate()
+        step = self.global_step()
+      else:
+        step = target
+    if not distribution.is_chief:
+      return {}
     self.export()
     return dict(results, mode="train_and_eval", train_seconds=seconds,
                 **self.throughput_metrics())
@@ -617,9 +678,33 @@ class Runner(object):
     logging.info("Exported SavedModel to %s", path)
     return path
 
+  def run_worker(self):
+    """A process other than the chief: trains its share without writing (a parameter
+    server serves until stopped); the chief writes and reports the run."""
+    distribution = self.config.distribution
+    if distribution.task_type == "ps":  # signals act as usual: a server has no step to save
+      self.train(self.config.train_steps)
+      return {}
+    if distribution.strategy == "multi_worker_mirrored":
+      chief_checkpoint, _ = checkpoints.newest_intact(self.config.model_dir)
+      folder = distribute.follow_chief(self.config.model_dir, distribution, chief_checkpoint)
+      logging.info("%s starts from %s", distribution.describe(),
+                   "the chief's %s (copied to %s)" % (chief_checkpoint, folder)
+                   if chief_checkpoint else "scratch, as the chief")
+    with self.stop:
+      if self.config.mode == "train":
+        self.train(self.config.train_steps)
+      else:
+        self.run_train_and_eval()
+    logging.info("%s finished; the chief writes the checkpoints and reports the run",
+                 distribution.describe())
+    return {}
+
   def run(self):
     """Runs the mode (training ones under the signal handler and the model_dir lock),
     prints the final metrics line and returns the metrics."""
+    if not self.config.distribution.is_chief:
+      return self.run_worker()
     prepare_output_folders(self.config)
     mode = self.config.mode
     if mode not in ("train", "train_and_eval"):  # signals act as usual
@@ -647,7 +732,12 @@ def build_runner(model, flag_values):
   npu_opts = npu_options(flag_values)
   validation.check_npu_options(npu_opts)
   backend = backend_lib.select_backend(flag_values.device)
-  config = configure(model, flag_values, backend)
+  distribution = distribute.resolve(flag_values.distribution, backend)
+  if distribution.num_workers > 1 and flag_values.mode not in ("train", "train_and_eval"):
+    raise validation.ConfigError(
+        "--mode=%s runs in one process; %s is for training (unset TF_CONFIG/RANK_SIZE, or "
+        "use --mode=train or train_and_eval)" % (flag_values.mode, distribution.describe()))
+  config = configure(model, flag_values, backend, distribution)
   backend_lib.activate(backend)
   model_flags = registry.values_of(model.flags, flag_values)
   return Runner(model, config, backend, npu_opts, run_options(flag_values), model_flags)

@@ -42,6 +42,7 @@ import zlib
 import numpy as np
 import tensorflow.compat.v1 as tf
 
+import input_fns
 from input_fns import record_checks
 from preprocessing import pad_crop_flip
 
@@ -192,8 +193,7 @@ def build_tfrecords(idx_dir, output_dir, include_ood=True, expected_counts=SPLIT
   splits = {split: load_split(idx_dir, split, (expected_counts or {}).get(split))
             for split in IDX_FILES}
   parent = os.path.dirname(os.path.abspath(output_dir))
-  if not os.path.isdir(parent):
-    os.makedirs(parent)
+  os.makedirs(parent, exist_ok=True)  # another process (a cluster's task) may make it too
   staging = tempfile.mkdtemp(prefix=".tfrecords-", dir=parent)
   try:
     for split, (images, labels) in splits.items():
@@ -206,6 +206,9 @@ def build_tfrecords(idx_dir, output_dir, include_ood=True, expected_counts=SPLIT
       manifest["counts"]["ood"] = len(images)
     with open(os.path.join(staging, MANIFEST), "w") as f:
       json.dump(manifest, f, indent=1, sort_keys=True)
+    if _manifest_matches(idx_dir, output_dir, include_ood):  # another builder finished
+      shutil.rmtree(staging)
+      return output_dir
     if os.path.isdir(output_dir):
       shutil.rmtree(output_dir)
     os.rename(staging, output_dir)
@@ -413,10 +416,13 @@ def _merge(queries, cands):
 
 
 def _train_dataset(tfrecord_dir, batch_size, example_cand_size, in_batch_candidates,
-                   train_size):
-  """Shuffled, augmented query batches, each with a fresh candidate batch unless
-  in_batch_candidates."""
-  queries = _records(tfrecord_dir, "train").shuffle(train_size).repeat()
+                   train_size, num_workers=1, worker_index=0):
+  """Shuffled, augmented query batches (this worker's share of the queries), each with a
+  fresh candidate batch from the whole training set unless in_batch_candidates."""
+  queries = _records(tfrecord_dir, "train")
+  if num_workers > 1:
+    queries = queries.shard(num_workers, worker_index)
+  queries = queries.shuffle(train_size).repeat()
   queries = queries.batch(batch_size, drop_remainder=True).map(parse_batch)
   if in_batch_candidates:
     return queries.map(lambda q: _split_labels(_train_query(q)))
@@ -457,10 +463,12 @@ def make_input_fn(tfrecord_dir, mode, example_cand_size, eval_cand_size, eval_ca
   """
   counts = counts or record_counts(tfrecord_dir, include_ood)
 
-  def input_fn(params):
+  def input_fn(params, input_context=None):
     if mode == tf.estimator.ModeKeys.TRAIN:
+      num_workers, worker_index = input_fns.worker_shard(input_context)
       dataset = _train_dataset(tfrecord_dir, params["batch_size"], example_cand_size,
-                               in_batch_candidates, counts["train"])
+                               in_batch_candidates, counts["train"], num_workers,
+                               worker_index)
     else:
       dataset = _eval_dataset(tfrecord_dir, mode, params["batch_size"], eval_cand_size,
                               eval_cand_seed, counts)

@@ -18,6 +18,7 @@ import os
 
 import tensorflow.compat.v1 as tf
 
+import input_fns
 from input_fns import imagenet
 from input_fns import record_checks
 from input_fns import tfds_layout
@@ -125,7 +126,7 @@ class ImageFolderSource(object):
 
 def _predict_input_fn(source, split, preprocess_fn):
   def predict_input_fn(params, input_context=None):
-    num_workers, worker_index = imagenet.worker_shard(input_context)
+    num_workers, worker_index = input_fns.worker_shard(input_context)
     dataset = source.records(split, num_workers, worker_index, with_keys=True)
 
     def _parse_and_preprocess(serialized, key):
@@ -150,7 +151,7 @@ def _mixup(num_classes, alpha):
 def _labelled_input_fn(source, split, is_training, preprocess_fn, mixup_alpha,
                        shuffle_buffer, seed, drop_remainder):
   def input_fn(params, input_context=None):
-    num_workers, worker_index = imagenet.worker_shard(input_context)
+    num_workers, worker_index = input_fns.worker_shard(input_context)
     dataset = source.records(split, num_workers, worker_index)
     if is_training:
       dataset = dataset.shuffle(shuffle_buffer, seed=seed).repeat()

@@ -26,6 +26,7 @@ import os
 from absl import logging
 import tensorflow.compat.v1 as tf
 
+import input_fns
 from input_fns import record_checks
 from input_fns import tfds_layout
 from preprocessing import inception
@@ -161,23 +162,6 @@ def check_record_counts(data_dir, is_training):
   record_checks.check_files([expected[key] for key in sorted(expected)], manifest)
 
 
-def worker_shard(input_context=None):
-  """(num_workers, worker_index) from a tf.distribute InputContext or RANK_SIZE/RANK_ID."""
-  if input_context is not None:
-    return input_context.num_input_pipelines, input_context.input_pipeline_id
-  values = {}
-  for name, default in (("RANK_SIZE", "1"), ("RANK_ID", "0")):
-    raw = os.environ.get(name, default)
-    try:
-      values[name] = int(raw)
-    except ValueError:
-      raise ValueError("environment variable %s=%r is not an integer" % (name, raw))
-  if values["RANK_SIZE"] < 1 or not 0 <= values["RANK_ID"] < values["RANK_SIZE"]:
-    raise ValueError("environment RANK_ID=%d, RANK_SIZE=%d: need 0 <= RANK_ID < RANK_SIZE" %
-                     (values["RANK_ID"], values["RANK_SIZE"]))
-  return values["RANK_SIZE"], values["RANK_ID"]
-
-
 def parse_record(serialized, is_training, image_size, num_label_classes, label_offset=0,
                  use_fast_color_distort=True, cb_distortion_range=0.1,
                  cr_distortion_range=0.1, fast_mode=True):
@@ -295,7 +279,7 @@ def build_input_fn(data_dir, is_training, image_size, num_label_classes=1001,
     if synthetic:
       return synthetic_dataset(batch_size, image_size, num_label_classes, is_training,
                                synthetic_eval_batches)
-    num_workers, worker_index = worker_shard(input_context)
+    num_workers, worker_index = input_fns.worker_shard(input_context)
     if predict:
       return _predict_dataset(files, image_size, fast_mode, batch_size, num_workers,
                               worker_index, drop_remainder)

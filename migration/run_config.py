@@ -155,11 +155,13 @@ def to_backend(config, backend, npu_opts=NPU_DEFAULTS):
   return npu_config.NPURunConfig(**kwargs)
 
 
-def build_run_config(backend, run_opts, npu_opts=NPU_DEFAULTS):
-  """The RunConfig for `backend` from the run loop's options (see `to_backend`)."""
+def build_run_config(backend, run_opts, npu_opts=NPU_DEFAULTS, train_distribute=None):
+  """The RunConfig for `backend` from the run loop's options (see `to_backend`), training
+  with the tf.distribute strategy `train_distribute` if given (it reads TF_CONFIG)."""
   # Every option but the thread counts (they go into the session config) is a RunConfig
   # argument of the same name.
   options = {name: value for name, value in run_opts._asdict().items()
              if name not in ("intra_op_threads", "inter_op_threads")}
-  config = tf.estimator.RunConfig(session_config=session_config(run_opts), **options)
+  config = tf.estimator.RunConfig(session_config=session_config(run_opts),
+                                  train_distribute=train_distribute, **options)
   return to_backend(config, backend, npu_opts)

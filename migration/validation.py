@@ -18,6 +18,7 @@ DUMP_MODES = ("input", "output", "all")
 OP_COMPILER_CACHE_MODES = ("enable", "disable", "force")
 DUMP_DEBUG_MODES = ("aicore_overflow", "atomic_overflow", "all")
 _DUMP_STEP = re.compile(r"^\d+(-\d+)?(\|\d+(-\d+)?)*$")
+_ID = re.compile(r"^[0-9]+$")
 
 
 class ConfigError(ValueError):
@@ -81,34 +82,62 @@ def check_mixlist_file(path):
 
 
 def check_rank_table_file(path, rank_size=None, rank_id=None):
-  """Rank table version 1.0 (§9.3); with rank_size/rank_id, also their consistency."""
+  """Rank table version 1.0 (§9.3); with rank_size/rank_id, also their consistency.
+
+  HCCL numbers the ranks 0..N-1 over the whole table and addresses a device by its id on
+  its server, so both must be unique and numeric. Returns the parsed table (the launchers
+  read each rank's device from it).
+  """
   data = _load_json(path, "RANK_TABLE_FILE")
   where = "RANK_TABLE_FILE %s" % path
+  if not isinstance(data, dict):
+    raise ConfigError("%s: expected a JSON object with server_list" % where)
   for key in ("server_count", "server_list", "status", "version"):
     if key not in data:
       raise ConfigError('%s: missing key "%s"' % (where, key))
   if not isinstance(data["server_list"], list) or not data["server_list"]:
     raise ConfigError('%s: "server_list" must be a non-empty list' % where)
-  rank_ids = []
+  rank_ids = {}  # rank -> the entry listing it
   for i, server in enumerate(data["server_list"]):
     if not isinstance(server, dict) or "server_id" not in server or not isinstance(
         server.get("device"), list):
       raise ConfigError('%s: server_list[%d] needs "server_id" and a "device" list' % (where, i))
+    device_ids = set()
     for j, device in enumerate(server["device"]):
+      entry = "server_list[%d].device[%d]" % (i, j)
       for key in ("device_id", "device_ip", "rank_id"):
         value = device.get(key) if isinstance(device, dict) else None
         if not isinstance(value, str):
-          raise ConfigError('%s: server_list[%d].device[%d].%s must be a string'
-                            % (where, i, j, key))
-      rank_ids.append(device["rank_id"])
+          raise ConfigError("%s: %s.%s must be a string" % (where, entry, key))
+      for key in ("device_id", "rank_id"):
+        if not _ID.match(device[key]):
+          raise ConfigError('%s: %s.%s is "%s"; expected a non-negative integer'
+                            % (where, entry, key, device[key]))
+      if int(device["device_id"]) in device_ids:
+        raise ConfigError('%s: %s.device_id "%s" is listed twice on server %s'
+                          % (where, entry, device["device_id"], server["server_id"]))
+      device_ids.add(int(device["device_id"]))
+      rank = int(device["rank_id"])
+      if rank in rank_ids:
+        raise ConfigError('%s: %s.rank_id "%s" is also the rank_id of %s'
+                          % (where, entry, device["rank_id"], rank_ids[rank]))
+      rank_ids[rank] = entry
   if data["server_count"] != str(len(data["server_list"])):
     raise ConfigError('%s: "server_count" is %r but server_list has %d entries'
                       % (where, data["server_count"], len(data["server_list"])))
+  if not rank_ids:
+    raise ConfigError("%s: server_list lists no device" % where)
+  outside = sorted(rank for rank in rank_ids if rank >= len(rank_ids))
+  if outside:
+    raise ConfigError("%s: %s.rank_id is %d; the %d devices must have the ranks 0..%d"
+                      % (where, rank_ids[outside[0]], outside[0], len(rank_ids),
+                         len(rank_ids) - 1))
   if rank_size is not None and int(rank_size) != len(rank_ids):
     raise ConfigError("RANK_SIZE=%s but %s lists %d devices" % (rank_size, path, len(rank_ids)))
-  if rank_id is not None and str(rank_id) not in rank_ids:
-    raise ConfigError("RANK_ID=%s is not a rank_id in %s (has %s)"
-                      % (rank_id, path, ", ".join(rank_ids)))
+  if rank_id is not None and int(rank_id) not in rank_ids:
+    raise ConfigError("RANK_ID=%s is not a rank_id in %s (has 0..%d)"
+                      % (rank_id, path, len(rank_ids) - 1))
+  return data
 
 
 def check_dump_step(dump_step):

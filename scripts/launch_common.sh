@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Shared body of the Ascend ModelZoo launch scripts (train_full_1p.sh,
-# train_performance_1p.sh); sourced by them after they set `run_kind` (full|performance).
+# Shared body of the Ascend ModelZoo launch scripts (train_{full,performance}_{1p,8p}.sh);
+# sourced by them after they set `run_kind` (full|performance) and `script_rank_size` (1 for
+# one device, 8 for the multi-device scripts, which start one process per rank).
 # They run as scripts/<script> --model=NAME, or as modelzoo/<model>/test/<script> (symlinks
 # to scripts/), where the folder names the model, as in the ModelZoo seeds.
 set -euo pipefail
@@ -22,8 +23,8 @@ taken from the current folder.
                             the folder names it); one of: $(known_models)
   --data_path=DIR           data folder (passed as --data_dir; masf takes a PACS root
                             with kfold/ there too)
-  --output_path=DIR         output root (default ./output); the run writes to
-                            DIR/\$ASCEND_DEVICE_ID/ (OUT below)
+  --output_path=DIR         output root (default ./output); each device's run writes to
+                            DIR/<its device id>/ (OUT below)
   --precision_mode=MODE     allow_fp32_to_fp16 | force_fp16 | must_keep_origin_dtype |
                             allow_mix_precision (and the other NPU modes)
   --fusion_switch_file=FILE fusion switch JSON (-> --fusion_switch_file), e.g.
@@ -37,24 +38,36 @@ taken from the current folder.
                             OUT/overflow_dump, both -> OUT/dump
   --data_dump_step=STEPS    steps to data-dump, e.g. 10 or 0|5|10 (default 10)
   --profiling=True|False    profiling to OUT/profiling (default False)
-  --batch_size=N            training batch size
+  --batch_size=N            training batch size; with N devices the global batch, of which
+                            each device takes 1/N (N must divide it)
   --train_steps=N           training steps (performance run: default 100)
   --train_epochs=N          training epochs (not with --train_steps)
+  --rank_size=N             devices, one process (rank) each: default 8 for the _8p scripts;
+                            the _1p scripts take only 1
+  --rank_table=FILE         rank table JSON (version 1.0, one server) listing the N devices;
+                            default \$RANK_TABLE_FILE; required by the _8p scripts, ignored
+                            by the _1p ones
   -h, --help                this help
-Runs: train_full_1p.sh trains and evaluates (the model's default mode), resuming from
-OUT/ckpt. train_performance_1p.sh trains only (--mode=train) in OUT/ckpt_performance, which
+Runs: train_full_*.sh trains and evaluates (the model's default mode), resuming from
+OUT/ckpt. train_performance_*.sh trains only (--mode=train) in OUT/ckpt_performance, which
 it empties first, so it never continues a full run.
-Output: each run writes OUT/train_<id>_<full|performance>_<YYYYmmdd-HHMMSS>.log and a
+Devices: the _1p scripts run one process on \$ASCEND_DEVICE_ID (default 0). The _8p scripts
+check the rank table before starting anything, then start one process per rank 0..N-1,
+each with RANK_ID and ASCEND_DEVICE_ID (that rank's device_id in the table); only rank 0
+saves checkpoints and prints the closing lines. If a rank fails, the others are stopped
+and the script exits with the failed rank's exit code.
+Output: each process writes OUT/train_<id>_<full|performance>_<YYYYmmdd-HHMMSS>.log and a
 summary .json of the same name (flags, images/sec, accuracy, duration, exit code);
 OUT/train_<id>.log links to the newest log.
-Environment: ASCEND_DEVICE_ID (default 0), PYTHON (default python3); RANK_SIZE=1,
-RANK_ID=0 and JOB_ID=10087 are exported as in the ModelZoo scripts.
+Environment: PYTHON (default python3). As in the ModelZoo scripts, RANK_SIZE, JOB_ID=10087
+and (_8p) RANK_TABLE_FILE are exported, RANK_ID and ASCEND_DEVICE_ID set per process.
 USAGE
 }
 
 model="" data_path="" output_path="./output" precision_mode="" fusion_switch_file=""
 mixlist_file="" over_dump=False data_dump_flag=False data_dump_step=10 profiling=False
-batch_size="" train_steps="" train_epochs="" extra=()
+batch_size="" train_steps="" train_epochs="" rank_size="$script_rank_size" rank_table=""
+extra=()
 while [ $# -gt 0 ]; do
   case "$1" in
     -h|--help) usage; exit 0 ;;
@@ -80,6 +93,8 @@ while [ $# -gt 0 ]; do
     --batch_size) batch_size="$value" ;;
     --train_steps) train_steps="$value" ;;
     --train_epochs) train_epochs="$value" ;;
+    --rank_size) rank_size="$value" ;;
+    --rank_table) rank_table="$value" ;;
     *) die "unknown option $name (see -h)" ;;
   esac
   shift
@@ -129,59 +144,175 @@ absolute_file() {  # absolute_file FLAG PATH: PATH made absolute; it must be a f
 [ -z "$fusion_switch_file" ] || fusion_switch_file="$(absolute_file --fusion_switch_file "$fusion_switch_file")"
 [ -z "$mixlist_file" ] || mixlist_file="$(absolute_file --mixlist_file "$mixlist_file")"
 
-export RANK_SIZE=1 RANK_ID=0 JOB_ID=10087
-export ASCEND_DEVICE_ID="${ASCEND_DEVICE_ID:-0}"
-out="$(realpath -m -- "$output_path")/$ASCEND_DEVICE_ID"
-mkdir -p "$out"
-log="$out/train_${ASCEND_DEVICE_ID}_${run_kind}_$(date +%Y%m%d-%H%M%S).log"
-summary="${log%.log}.json"
+is_count() { [[ "$1" =~ ^[1-9][0-9]*$ ]]; }
+is_count "$rank_size" || die "--rank_size=$rank_size is not a positive integer"
+if [ -n "$batch_size" ]; then
+  is_count "$batch_size" || die "--batch_size=$batch_size is not a positive integer"
+  [ $((batch_size % rank_size)) -eq 0 ] || die "--batch_size=$batch_size is the global" \
+    "batch and does not divide over $rank_size devices; expected a multiple of $rank_size"
+fi
 
-if [ "$run_kind" = performance ]; then
-  model_dir="$out/ckpt_performance"
-  rm -rf "$model_dir"  # a performance run measures training from scratch
-  args=(--data_dir="$data_path" --model_dir="$model_dir" --mode=train)
-  [ -n "$train_steps$train_epochs" ] || train_steps=100
+# The device of each rank 0..N-1 (after the rank table's checks; exits 2 on a bad table).
+rank_devices() {  # rank_devices TABLE N
+  (cd "$repo" && "$python_bin" - "$script" "$1" "$2" <<'PY'
+import sys
+from migration import validation
+script, path, rank_size = sys.argv[1:]
+try:
+  servers = validation.check_rank_table_file(path, rank_size)["server_list"]
+  if len(servers) != 1:
+    raise validation.ConfigError("RANK_TABLE_FILE %s lists %d servers; this launcher starts "
+                                 "the ranks of one server" % (path, len(servers)))
+except validation.ConfigError as e:
+  sys.stderr.write("%s: %s\n" % (script, e))
+  sys.exit(2)
+device_of = {int(d["rank_id"]): str(int(d["device_id"])) for d in servers[0]["device"]}
+print(" ".join(device_of[rank] for rank in range(len(device_of))))
+PY
+  )
+}
+if [ "$script_rank_size" -eq 1 ]; then
+  [ "$rank_size" -eq 1 ] || die "--rank_size=$rank_size: $script trains on one device;" \
+    "use ${script/_1p/_8p} for more"
+  devices=("${ASCEND_DEVICE_ID:-0}")
+  unset RANK_TABLE_FILE  # one device needs no rank table, whatever the shell has set
 else
-  args=(--data_dir="$data_path" --model_dir="$out/ckpt")
+  rank_table="${rank_table:-${RANK_TABLE_FILE:-}}"
+  [ -n "$rank_table" ] || die "--rank_table=FILE (or RANK_TABLE_FILE) is required: the rank" \
+    "table of the $rank_size devices"
+  rank_table="$(absolute_file --rank_table "$rank_table")"
+  device_list="$(rank_devices "$rank_table" "$rank_size")" || exit 2
+  read -r -a devices <<< "$device_list"
+  export RANK_TABLE_FILE="$rank_table"
 fi
-[ -n "$precision_mode" ] && args+=(--precision_mode="$precision_mode")
-[ -n "$fusion_switch_file" ] && args+=(--fusion_switch_file="$fusion_switch_file")
-[ -n "$mixlist_file" ] && args+=(--modify_mixlist="$mixlist_file")
-[ -n "$batch_size" ] && args+=(--train_batch_size="$batch_size")
-[ -n "$train_steps" ] && args+=(--train_steps="$train_steps")
-[ -n "$train_epochs" ] && args+=(--train_epochs="$train_epochs")
-# DumpConfig has one dump_path, shared by the data and the overflow dump.
-if $dump_data && $dump_overflow; then
-  args+=(--enable_dump --enable_dump_debug --dump_path="$out/dump" --dump_step="$data_dump_step")
-elif $dump_data; then
-  args+=(--enable_dump --dump_path="$out/data_dump" --dump_step="$data_dump_step")
-elif $dump_overflow; then
-  args+=(--enable_dump_debug --dump_path="$out/overflow_dump")
-fi
-$run_profiling && args+=(--enable_profiling --profiling_options="{\"output\":\"$out/profiling\",\"training_trace\":\"on\",\"task_trace\":\"on\",\"aicpu\":\"on\",\"fp_point\":\"\",\"bp_point\":\"\",\"aic_metrics\":\"PipeUtilization\"}")
-args+=(${extra[@]+"${extra[@]}"})
+export RANK_SIZE="$rank_size" JOB_ID=10087
+output_root="$(realpath -m -- "$output_path")"
+stamp="$(date +%Y%m%d-%H%M%S)"
+log_of() { echo "$output_root/$1/train_$1_${run_kind}_$stamp.log"; }
+[ "$run_kind" != performance ] || [ -n "$train_steps$train_epochs" ] || train_steps=100
 
-# train_<id>.log (the seeds' path) links to the newest run's log; a plain file left by an
-# older launcher is kept under its own date.
-latest="$out/train_$ASCEND_DEVICE_ID.log"
-if [ -f "$latest" ] && [ ! -L "$latest" ]; then
-  mv "$latest" "$out/train_${ASCEND_DEVICE_ID}_earlier_$(date -r "$latest" +%Y%m%d-%H%M%S).log"
-fi
-ln -sfn "$(basename "$log")" "$latest"
+# The run's flags on device $1 (in `args`) and its folder OUT (in `out`).
+device_args() {
+  out="$output_root/$1"
+  if [ "$run_kind" = performance ]; then
+    args=(--data_dir="$data_path" --model_dir="$out/ckpt_performance" --mode=train)
+  else
+    args=(--data_dir="$data_path" --model_dir="$out/ckpt")
+  fi
+  [ -n "$precision_mode" ] && args+=(--precision_mode="$precision_mode")
+  [ -n "$fusion_switch_file" ] && args+=(--fusion_switch_file="$fusion_switch_file")
+  [ -n "$mixlist_file" ] && args+=(--modify_mixlist="$mixlist_file")
+  [ -n "$batch_size" ] && args+=(--train_batch_size="$batch_size")
+  [ -n "$train_steps" ] && args+=(--train_steps="$train_steps")
+  [ -n "$train_epochs" ] && args+=(--train_epochs="$train_epochs")
+  # DumpConfig has one dump_path, shared by the data and the overflow dump.
+  if $dump_data && $dump_overflow; then
+    args+=(--enable_dump --enable_dump_debug --dump_path="$out/dump" --dump_step="$data_dump_step")
+  elif $dump_data; then
+    args+=(--enable_dump --dump_path="$out/data_dump" --dump_step="$data_dump_step")
+  elif $dump_overflow; then
+    args+=(--enable_dump_debug --dump_path="$out/overflow_dump")
+  fi
+  $run_profiling && args+=(--enable_profiling --profiling_options="{\"output\":\"$out/profiling\",\"training_trace\":\"on\",\"task_trace\":\"on\",\"aicpu\":\"on\",\"fp_point\":\"\",\"bp_point\":\"\",\"aic_metrics\":\"PipeUtilization\"}")
+  args+=(${extra[@]+"${extra[@]}"})
+}
 
-echo "$script: $model on device $ASCEND_DEVICE_ID, log $log"
+# OUT of rank $1 on device $2 made ready for its run: its log started and linked.
+prepare_device() {
+  local rank_id="$1" device_id="$2" log latest
+  device_args "$device_id"
+  log="$(log_of "$device_id")"
+  mkdir -p "$out"
+  if [ "$run_kind" = performance ]; then
+    rm -rf "$out/ckpt_performance"  # a performance run measures training from scratch
+  fi
+  : > "$log"
+  # train_<id>.log (the seeds' path) links to the newest run's log; a plain file left by an
+  # older launcher is kept under its own date.
+  latest="$out/train_$device_id.log"
+  if [ -f "$latest" ] && [ ! -L "$latest" ]; then
+    mv "$latest" "$out/train_${device_id}_earlier_$(date -r "$latest" +%Y%m%d-%H%M%S).log"
+  fi
+  ln -sfn "$(basename "$log")" "$latest"
+  echo "$script: $model, rank $rank_id of $RANK_SIZE on device $device_id, log $log"
+}
+
+# The training process of rank $1 on device $2 (exits with its exit code).
+run_device() {
+  device_args "$2"
+  RANK_ID="$1" ASCEND_DEVICE_ID="$2" PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}" \
+    "$python_bin" -m estimators "$model" "${args[@]}" > "$(log_of "$2")" 2>&1
+}
+
+# The summary JSON of rank $1's run on device $2 (exit code $3, ended at $4); the closing
+# lines are rank 0's, whose run prints the final metrics.
+report_device() {
+  local log report
+  device_args "$2"
+  log="$(log_of "$2")"
+  report=("$python_bin" "$repo/tools/modelzoo_report.py" --model="$model"
+          --run_kind="$run_kind" --log="$log" --summary="${log%.log}.json" --start="$start"
+          --end="$4" --exit_code="$3" -- "${args[@]}")
+  if [ "$1" -eq 0 ]; then "${report[@]}"; else "${report[@]}" > /dev/null; fi
+}
+
+# One background job per rank, each in its own process group (set -m), so that stopping a
+# rank stops its training process and whatever that started.
+rank_pids=()
+stop_ranks() {
+  local pid
+  for pid in "${rank_pids[@]}"; do kill -TERM -- "-$pid" 2>/dev/null || true; done
+}
+interrupted() {  # interrupted EXIT_CODE
+  stop_ranks
+  wait
+  echo "$script: interrupted; training stopped" >&2
+  exit "$1"
+}
+trap 'interrupted 130' INT
+trap 'interrupted 143' TERM
+for rank in "${!devices[@]}"; do
+  prepare_device "$rank" "${devices[rank]}"
+done
 start=$(date +%s)
-set +e
-PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}" "$python_bin" -m estimators "$model" "${args[@]}" \
-  > "$log" 2>&1
-code=$?
-set -e
-end=$(date +%s)
-"$python_bin" "$repo/tools/modelzoo_report.py" --model="$model" --run_kind="$run_kind" \
-  --log="$log" --summary="$summary" --start="$start" --end="$end" --exit_code="$code" \
-  -- "${args[@]}"
-if [ $code -ne 0 ]; then
+set -m
+for rank in "${!devices[@]}"; do
+  run_device "$rank" "${devices[rank]}" < /dev/null &
+  rank_pids+=($!)
+done
+set +m
+
+# Waits for every rank (polling: `wait -n` needs bash 4.3); the first to fail stops the rest.
+rank_codes=() rank_ends=() failed_rank="" running=("${!rank_pids[@]}")
+while [ ${#running[@]} -gt 0 ]; do
+  sleep 0.2
+  still_running=()
+  for rank in "${running[@]}"; do
+    if kill -0 "${rank_pids[rank]}" 2>/dev/null; then
+      still_running+=("$rank")
+      continue
+    fi
+    code=0
+    wait "${rank_pids[rank]}" || code=$?
+    rank_codes[rank]=$code rank_ends[rank]=$(date +%s)
+    if [ "$code" -ne 0 ] && [ -z "$failed_rank" ]; then
+      failed_rank="$rank"
+      stop_ranks
+    fi
+  done
+  running=(${still_running[@]+"${still_running[@]}"})
+done
+for rank in "${!devices[@]}"; do
+  report_device "$rank" "${devices[rank]}" "${rank_codes[rank]}" "${rank_ends[rank]}"
+done
+if [ -n "$failed_rank" ]; then
+  code="${rank_codes[failed_rank]}" device="${devices[failed_rank]}"
+  log="$(log_of "$device")"
   tail -n 20 "$log" >&2
-  echo "$script: training failed (exit $code); full log: $log" >&2
-  exit $code
+  if [ "$rank_size" -eq 1 ]; then
+    echo "$script: training failed (exit $code); full log: $log" >&2
+  else
+    echo "$script: rank $failed_rank (device $device) failed (exit $code); log: $log" >&2
+  fi
+  exit "$code"
 fi

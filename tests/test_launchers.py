@@ -1,4 +1,5 @@
-"""ModelZoo launchers (scripts/train_*_1p.sh through modelzoo/<model>/test/) and their report.
+"""ModelZoo launchers (scripts/train_*_{1p,8p}.sh through modelzoo/<model>/test/) and their
+report.
 
 The fast tier stands a tiny script in for the model's training run (PYTHON is a wrapper
 that fakes `<repo>/<model>.py` and runs everything else for real), so the launcher's own
@@ -7,8 +8,10 @@ logic is tested in seconds; the slow tier trains every model for real through it
 import glob
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -16,23 +19,43 @@ from estimators import registry
 from migration import validation
 from tests import conftest
 from tests.test_entry_points import TINY_AMOEBA
+from tests.test_npu_ranks import devices_of
+from tests.test_npu_ranks import rank_table
+from tests.test_npu_ranks import write_table
 from tools import modelzoo_report
 
 MODELZOO = os.path.join(conftest.REPO, "modelzoo")
 # What the launchers know (a fresh process); the test model of tests/tiny_model.py registers
 # itself in this one.
 SHIPPED_MODELS = sorted(registry.MODELS)
-SCRIPTS = ("train_full_1p.sh", "train_performance_1p.sh")
+SCRIPTS = ("train_full_1p.sh", "train_performance_1p.sh", "train_full_8p.sh",
+           "train_performance_8p.sh")
 FINAL_LINE = ('Final metrics: {"examples_per_sec": 812.5, "global_step": 6, '
               '"headline_meaning": "top-1 accuracy on the validation split", '
               '"headline_metric": "top_1_accuracy", "mode": "train_and_eval", '
               '"top_1_accuracy": 0.75}')
 
-# Stands in for the training run (an entry script at the repository root): logs where and
-# how it ran, prints $FAKE_OUTPUT and exits with $FAKE_EXIT; anything else runs for real.
+# Stands in for the training run (python -m estimators MODEL ...): logs where and how it
+# ran, with its rank environment and its process ids. The rank $FAKE_FAILING_RANK fails as
+# soon as the other ranks' logs (under ./output) show their process ids; the others sleep
+# $FAKE_SLEEP seconds (in a child process), print $FAKE_OUTPUT and exit with $FAKE_EXIT.
+# Anything else runs for real.
 FAKE_PYTHON = """#!/usr/bin/env bash
 if [ "$1 $2" = "-m estimators" ]; then
-  echo "ran $3 in $PWD"; echo "$FAKE_OUTPUT"; exit "${FAKE_EXIT:-0}"
+  echo "ran $3 in $PWD"
+  echo "rank ${RANK_ID-} of ${RANK_SIZE-} on device ${ASCEND_DEVICE_ID-}," \\
+    "table ${RANK_TABLE_FILE-}, job ${JOB_ID-}"
+  if [ "${RANK_ID-}" = "${FAKE_FAILING_RANK-}" ]; then
+    for _ in $(seq 300); do
+      [ "$(cat output/*/train_*_*.log | grep -c '^pids ')" -lt $((RANK_SIZE - 1)) ] || break
+      sleep 0.1
+    done
+    echo "error: rank broke"; exit 3
+  fi
+  sleep "${FAKE_SLEEP:-0}" &
+  echo "pids $$ $!"
+  wait
+  echo "$FAKE_OUTPUT"; exit "${FAKE_EXIT:-0}"
 fi
 exec %(python)s "$@"
 """
@@ -73,8 +96,12 @@ def value_of(log, prefix):
 
 def test_every_registered_model_has_the_modelzoo_folder():
   for model in SHIPPED_MODELS:
+    single_device = registry.get(model).single_device_only
     for script in SCRIPTS:
       link = os.path.join(MODELZOO, model, "test", script)
+      if single_device and "_8p" in script:  # MASF: no multi-device scripts
+        assert not os.path.lexists(link), link
+        continue
       assert os.readlink(link) == "../../../scripts/" + script, link
     configs = os.path.join(MODELZOO, model, "configs")
     validation.check_fusion_switch_file(os.path.join(configs, "fusion_switch.cfg"))
@@ -241,6 +268,164 @@ def test_report_without_throughput_says_so(tmp_path):
 def test_report_prefix_is_the_run_loops():
   from estimators import run_loop  # pylint: disable=g-import-not-at-top
   assert modelzoo_report.FINAL_METRICS_PREFIX == run_loop.FINAL_METRICS_PREFIX
+
+
+# --- multi-device scripts (train_*_8p.sh) ------------------------------------------------
+
+
+def fake_run(out, device):
+  """(rank line, process ids) of the fake run logged in out/<device>/train_<device>.log, as
+  far as it got."""
+  with open(os.path.join(str(out), device, "train_%s.log" % device)) as f:
+    lines = f.read().splitlines()
+  rank_line = [l for l in lines if l.startswith("rank ")]
+  pids = [l.split()[1:] for l in lines if l.startswith("pids ")]
+  return (rank_line[0] if rank_line else None), [int(pid) for pid in pids[0]] if pids else []
+
+
+def gone(pid, timeout=10):
+  """Whether process `pid` ends (or is a zombie) within `timeout` seconds."""
+  deadline = time.time() + timeout
+  while time.time() < deadline:
+    try:
+      with open("/proc/%d/stat" % pid) as f:
+        if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+          return True
+    except OSError:
+      return True
+    time.sleep(0.1)
+  return False
+
+
+def test_8p_starts_one_process_per_rank_on_its_table_device(fake_python, tmp_path):
+  # Devices numbered apart from the ranks, rank 1 listed first; ASCEND_DEVICE_ID=3 is unused.
+  table = write_table(tmp_path, rank_table([("7", "1"), ("6", "0")]), "2p.json")
+  (tmp_path / "data").mkdir()
+  code, log = launch("vit", "train_performance_8p.sh",
+                     ["--data_path=data", "--rank_size", "2", "--rank_table=2p.json",
+                      "--batch_size=8", "--train_steps=6"], tmp_path, fake_python)
+  assert code == 0, log
+  out = tmp_path / "output"
+  assert sorted(os.listdir(str(out))) == ["6", "7"]
+  for rank, device in ((0, "6"), (1, "7")):
+    rank_line, _ = fake_run(out, device)
+    assert rank_line == "rank %d of 2 on device %s, table %s, job 10087" % (rank, device, table)
+    run = summaries(out / device)["performance"]
+    assert run["exit_code"] == 0
+    assert run["python_args"] == [  # --train_batch_size is the global batch (4 a device)
+        "--data_dir=%s" % (tmp_path / "data"),
+        "--model_dir=%s" % (out / device / "ckpt_performance"), "--mode=train",
+        "--train_batch_size=8", "--train_steps=6"]
+    assert os.readlink(str(out / device / ("train_%s.log" % device))) == (
+        os.path.basename(run["log"]))
+  assert value_of(log, "Final Performance images/sec") == "812.50"  # rank 0's lines only
+
+
+def test_8p_runs_eight_ranks_of_rank_table_file(fake_python, tmp_path):
+  table = write_table(tmp_path, rank_table(devices_of(8)), "8p.json")
+  code, log = launch("amoeba_net", "train_full_8p.sh", ["--data_path=."], tmp_path,
+                     dict(fake_python, RANK_TABLE_FILE="8p.json"))
+  assert code == 0, log
+  out = tmp_path / "output"
+  for rank in range(8):
+    device = str(rank)
+    assert fake_run(out, device)[0] == (
+        "rank %d of 8 on device %d, table %s, job 10087" % (rank, rank, table))
+    assert summaries(out / device)["full"]["python_args"][1] == (
+        "--model_dir=%s" % (out / device / "ckpt"))
+  assert value_of(log, "Final Train Accuracy") == "0.7500"
+
+
+def test_a_failing_rank_stops_the_others_and_is_named(fake_python, tmp_path):
+  write_table(tmp_path, rank_table([("4", "0"), ("5", "1"), ("6", "2"), ("7", "3")]),
+              "4p.json")
+  started = time.time()
+  code, log = launch("protoattend", "train_full_8p.sh",
+                     ["--data_path=.", "--rank_size=4", "--rank_table=4p.json"], tmp_path,
+                     dict(fake_python, FAKE_FAILING_RANK="1", FAKE_SLEEP="120"))
+  assert code == 3 and time.time() - started < 60, log
+  out = tmp_path / "output"
+  failed = summaries(out / "5")["full"]
+  assert failed["exit_code"] == 3
+  assert log.splitlines()[-2:] == [
+      "error: rank broke",  # the tail of its log
+      "train_full_8p.sh: rank 1 (device 5) failed (exit 3); log: " + failed["log"]]
+  assert "Final Train Accuracy" not in log
+  for device in ("4", "6", "7"):
+    assert summaries(out / device)["full"]["exit_code"] == 128 + signal.SIGTERM
+    _, pids = fake_run(out, device)
+    assert len(pids) == 2 and all(gone(pid) for pid in pids), device  # the run and its child
+
+
+def test_interrupting_8p_stops_every_rank(fake_python, tmp_path):
+  write_table(tmp_path, rank_table(devices_of(2)), "2p.json")
+  proc = subprocess.Popen(
+      ["bash", os.path.join(MODELZOO, "bit", "test", "train_full_8p.sh"), "--data_path=.",
+       "--rank_size=2", "--rank_table=2p.json"], cwd=str(tmp_path),
+      env=dict(os.environ, FAKE_SLEEP="120", **fake_python), stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT)
+  out = tmp_path / "output"
+  deadline = time.time() + 60
+  while time.time() < deadline and not all(
+      os.path.exists(str(out / d / ("train_%s.log" % d))) and fake_run(out, d)[1]
+      for d in "01"):
+    time.sleep(0.1)
+  proc.send_signal(signal.SIGINT)
+  log = proc.communicate(timeout=60)[0].decode()
+  assert proc.returncode == 130, log
+  assert log.splitlines()[-1] == "train_full_8p.sh: interrupted; training stopped"
+  for device in "01":
+    assert all(gone(pid) for pid in fake_run(out, device)[1]), device
+
+
+def test_8p_refuses_a_bad_setup_before_starting_anything(fake_python, tmp_path):
+  write_table(tmp_path, rank_table(devices_of(2)), "2p.json")
+  write_table(tmp_path, rank_table([("0", "0"), ("0", "1")]), "same_device.json")
+  write_table(tmp_path, rank_table([("0", "0")], [("0", "1")]), "two_servers.json")
+  write_table(tmp_path, "{not json", "broken.json")
+  cases = [
+      ([], "--rank_table=FILE (or RANK_TABLE_FILE) is required: the rank table of the 8 "
+       "devices"),
+      (["--rank_table=nowhere.json"], "--rank_table=%s/nowhere.json is not a file" % tmp_path),
+      (["--rank_table=broken.json"], "RANK_TABLE_FILE: %s/broken.json is not valid JSON"
+       % tmp_path),
+      (["--rank_table=same_device.json", "--rank_size=2"], "RANK_TABLE_FILE %s/same_device."
+       'json: server_list[0].device[1].device_id "0" is listed twice on server 10.0.0.1'
+       % tmp_path),
+      (["--rank_table=2p.json"], "RANK_SIZE=8 but %s/2p.json lists 2 devices" % tmp_path),
+      (["--rank_table=two_servers.json", "--rank_size=2"], "RANK_TABLE_FILE %s/two_servers."
+       "json lists 2 servers; this launcher starts the ranks of one server" % tmp_path),
+      (["--rank_table=2p.json", "--rank_size=2", "--batch_size=9"], "--batch_size=9 is the "
+       "global batch and does not divide over 2 devices; expected a multiple of 2"),
+      (["--rank_table=2p.json", "--rank_size=0"], "--rank_size=0 is not a positive integer"),
+  ]
+  for args, message in cases:
+    code, log = launch("vit", "train_full_8p.sh", ["--data_path=."] + args, tmp_path,
+                       dict(fake_python, RANK_TABLE_FILE=""))
+    assert code == 2 and len(log.splitlines()) == 1, (args, log)
+    assert log.startswith("train_full_8p.sh: " + message), (args, log)
+  assert not (tmp_path / "output").exists()
+
+
+def test_1p_takes_one_rank_and_no_rank_table(fake_python, tmp_path):
+  table = write_table(tmp_path, rank_table(devices_of(8)), "8p.json")
+  code, log = launch("vit", "train_full_1p.sh", ["--data_path=.", "--rank_size=2"], tmp_path,
+                     fake_python)
+  assert code == 2 and log == ("train_full_1p.sh: --rank_size=2: train_full_1p.sh trains on "
+                               "one device; use train_full_8p.sh for more\n")
+  code, log = launch("vit", "train_full_1p.sh", ["--data_path=.", "--rank_table", table],
+                     tmp_path, dict(fake_python, RANK_TABLE_FILE=table))
+  assert code == 0, log
+  assert fake_run(tmp_path / "output", "3")[0] == "rank 0 of 1 on device 3, table , job 10087"
+
+
+def test_8p_help_tells_the_rank_options(fake_python, tmp_path):
+  code, log = launch("vit", "train_performance_8p.sh", ["-h"], tmp_path, fake_python)
+  assert code == 0
+  for text in ("--rank_table=FILE", "default $RANK_TABLE_FILE", "--rank_size=N",
+               "default 8 for the _8p scripts", "the global batch",
+               "one process per rank 0..N-1", "the others are stopped"):
+    assert text in log, text
 
 
 # --- slow tier: real training of every model through its modelzoo folder ----------------

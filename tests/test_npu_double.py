@@ -540,9 +540,15 @@ def test_collectives_are_identities_at_one_rank_only(npu, monkeypatch):
     assert npu.hccl_ops.broadcast([tensor], 0) == [tensor]
     reduced = npu.npu_allreduce((tensor, tensor))
     assert isinstance(reduced, list) and len(reduced) == 2
+    # Above one rank they build (see tests/test_npu_ranks.py) but cannot run.
     monkeypatch.setenv("RANK_SIZE", "2")
+    reduced = npu.hccl_ops.allreduce(tensor, "sum")
+    assert reduced is not tensor and reduced.shape == tensor.shape
+    with tf.Session() as sess:
+      with pytest.raises(tf.errors.UnimplementedError, match="one rank"):
+        sess.run(reduced)
     with pytest.raises(NotImplementedError, match="one rank"):
-      npu.hccl_ops.allreduce(tensor, "sum")
+      npu.npu_distributed_optimizer_wrapper(tf.train.GradientDescentOptimizer(0.1))
 
 
 def test_set_iteration_per_loop(npu):

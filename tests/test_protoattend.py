@@ -865,3 +865,41 @@ def test_overfits_a_few_hundred_real_training_images(real_idx_dir, tmp_path):
   assert results["accuracy_query"] > 0.9, results
   assert results["accuracy"] > 0.9, results
   assert results["mean_confidence_right"] > results["mean_confidence_wrong"], results
+
+
+def test_each_worker_trains_on_its_own_share_of_the_queries(synthetic):
+  """tf.distribute's input_context (or RANK_ID on the NPU) shards the training queries."""
+  _, records = synthetic
+  input_fn = fashion_mnist.make_input_fn(records, tf.estimator.ModeKeys.TRAIN, 4, 4, 0,
+                                         in_batch_candidates=True)
+  seen = []
+  for worker in range(2):
+    with tf.Graph().as_default():
+      context = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=worker,
+                                           num_replicas_in_sync=2)
+      features, _ = tf.data.make_one_shot_iterator(
+          input_fn({"batch_size": 10}, input_context=context)).get_next()
+      with tf.Session() as sess:
+        seen.append(set(np.concatenate([sess.run(features["id"]) for _ in range(10)])))
+  assert len(seen[0]) == len(seen[1]) == SYNTHETIC_TRAIN // 2  # one epoch of its half
+  assert not seen[0] & seen[1] and len(seen[0] | seen[1]) == SYNTHETIC_TRAIN
+
+
+def test_tasks_of_a_cluster_building_the_cache_at_once_do_not_fail(synthetic, tmp_path,
+                                                                   monkeypatch):
+  """Every task of a tf.distribute cluster runs check_inputs: the cache's folder may appear
+  after a builder looked for it, and a complete cache another builder wrote is kept."""
+  idx_dir, _ = synthetic
+  real_makedirs = os.makedirs
+
+  def another_task_makes_it_first(path, *args, **kwargs):
+    real_makedirs(path)
+    return real_makedirs(path, *args, **kwargs)
+
+  monkeypatch.setattr(fashion_mnist.os, "makedirs", another_task_makes_it_first)
+  cache = str(tmp_path / "run" / "cache")
+  fashion_mnist.build_tfrecords(idx_dir, cache, expected_counts=None)
+  monkeypatch.undo()
+  first = os.stat(os.path.join(cache, fashion_mnist.TFRECORD_FILES["train"])).st_ino
+  fashion_mnist.build_tfrecords(idx_dir, cache, expected_counts=None)  # finishes second
+  assert os.stat(os.path.join(cache, fashion_mnist.TFRECORD_FILES["train"])).st_ino == first

@@ -38,14 +38,18 @@ def tiny_model_fn(features, labels, mode, params):
                                     eval_metric_ops=metrics)
 
 
-def blobs_input_fn(mode, num_examples, label_shift=0):
-  def _input_fn(params):
+def blobs_input_fn(mode, num_examples, label_shift=0, shuffle=True):
+  def _input_fn(params, input_context=None):
     training = mode == tf.estimator.ModeKeys.TRAIN
     x, y = make_blobs(num_examples, seed=0 if training else 1)
     y = y + label_shift
     ds = tf.data.Dataset.from_tensor_slices(({"x": x}, y))
+    if input_context is not None:
+      ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
     if training:
-      ds = ds.repeat().shuffle(256)
+      ds = ds.repeat()
+      if shuffle:
+        ds = ds.shuffle(256)
     return ds.batch(params["batch_size"], drop_remainder=training)
   return _input_fn
 
@@ -63,6 +67,8 @@ class TinyModel(registry.Model):
                     "model).", registry.at_least(1)),
       registry.Flag("tiny_label_shift", "integer", 0, "Added to every label (bad data on "
                     "demand)."),
+      registry.Flag("tiny_shuffle", "bool", True, "Shuffle the training examples (off: "
+                    "the same batches every run)."),
   )
   run_flag_defaults = {"train_batch_size": 32, "eval_batch_size": 64}
 
@@ -70,6 +76,7 @@ class TinyModel(registry.Model):
     return run.replace(
         learning_rate=flag_values.tiny_learning_rate, hidden=flag_values.tiny_hidden,
         examples=flag_values.tiny_examples, label_shift=flag_values.tiny_label_shift,
+        shuffle=flag_values.tiny_shuffle,
         train_steps=registry.train_steps(
             flag_values, lambda: flag_values.tiny_examples / float(run.train_batch_size), 20))
 
@@ -77,7 +84,7 @@ class TinyModel(registry.Model):
     return tiny_model_fn(features, labels, mode, config)
 
   def input_fn(self, config, mode):
-    return blobs_input_fn(mode, config.examples, config.label_shift)
+    return blobs_input_fn(mode, config.examples, config.label_shift, config.shuffle)
 
   def serving_input_receiver_fn(self, config):
     def _fn():

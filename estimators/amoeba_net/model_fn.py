@@ -100,8 +100,9 @@ def apply_ema(decay, global_step, variables):
     updates = []
     for var in variables:
       with tf.colocate_with(var):
+        # MEAN: under tf.distribute every replica computes the same update (see layers).
         shadow = tf.get_variable(var.op.name + "/" + EMA_NAME, initializer=var.initial_value,
-                                 trainable=False)
+                                 trainable=False, aggregation=tf.VariableAggregation.MEAN)
         updates.append(tf.assign_sub(shadow, rate * (shadow - var.value())))
     return tf.group(*updates, name="update")
 

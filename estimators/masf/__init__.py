@@ -157,6 +157,9 @@ class Masf(registry.Model):
   """MASF / DeepAll on PACS (see the module docstring)."""
 
   name = "masf"
+  single_device_only = ("a step is one meta-learning episode whose updates come from "
+                        "tf.gradients through the fast weights and a triplet loss over the "
+                        "whole episode: they do not average over replicas")
   headline_metric = ("target_accuracy", "accuracy on the held-out --target_domain's test "
                      "list (what the seed and the paper report)")
   flags = (

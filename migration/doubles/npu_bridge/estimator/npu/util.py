@@ -19,13 +19,20 @@ def _rank_size_as_int():
   return int(rank_size) if rank_size.isdigit() else 1
 
 
-def _require_single_rank(what):
-  """The double runs one process as one rank; refuse to fake a larger world."""
+def _single_rank_refusal(what):
+  """Why `what` cannot run here, or None at one rank: the double runs one process as one
+  rank and does not fake a larger world."""
   rank_size = _rank_size_as_int()
-  if rank_size > 1:
-    raise NotImplementedError(
-        "%s: the npu_bridge test double runs one rank, but the rank size is %d "
-        "(RANK_SIZE / CM_WORKER_SIZE)" % (what, rank_size))
+  if rank_size <= 1:
+    return None
+  return ("%s: the npu_bridge test double runs one rank, but the rank size is %d "
+          "(RANK_SIZE / CM_WORKER_SIZE)" % (what, rank_size))
+
+
+def _require_single_rank(what):
+  refusal = _single_rank_refusal(what)
+  if refusal:
+    raise NotImplementedError(refusal)
 
 
 def _check_iterations_per_loop(iterations_per_loop):

@@ -1,0 +1,1 @@
+../../../scripts/train_performance_8p.sh

@@ -1,0 +1,1 @@
+../../../scripts/train_full_8p.sh
