@@ -472,7 +472,15 @@ def configure(model, flag_values, backend, distribution=distribute.SINGLE):
                                      distribution.num_workers > 1):
       raise ValueError("%s trains on one device only (%s); it cannot run as %s" % (
           model.name, model.single_device_only, distribution.describe()))
-    config = model.configure(flag_values, run_values(flag_values, backend, distribution))
+    run = run_values(flag_values, backend, distribution)
+    # The loss scaler decides per replica, from gradients not yet all-reduced, whether a
+    # step applies: replicas could disagree.
+    registry.require(run.loss_scale == "none" or distribution.strategy == "none",
+                     "--loss_scale=%s (--precision_mode=%s) cannot run under "
+                     "--distribution=%s: loss scaling is not supported with tf.distribute "
+                     "yet; pass --loss_scale=none (bf16 needs none) or --distribution=none"
+                     % (run.loss_scale, flag_values.precision_mode, distribution.strategy))
+    config = model.configure(flag_values, run)
     # After configure(), which may set the batch: each replica's share of it, and what one
     # global step trains on (one worker's share where parameter servers apply each
     # worker's update as a step of its own).

@@ -53,9 +53,9 @@ OUT/ckpt. train_performance_*.sh trains only (--mode=train) in OUT/ckpt_performa
 it empties first, so it never continues a full run.
 Devices: the _1p scripts run one process on \$ASCEND_DEVICE_ID (default 0). The _8p scripts
 check the rank table before starting anything, then start one process per rank 0..N-1,
-each with RANK_ID and ASCEND_DEVICE_ID (that rank's device_id in the table); only rank 0
-saves checkpoints and prints the closing lines. If a rank fails, the others are stopped
-and the script exits with the failed rank's exit code.
+each with RANK_ID and ASCEND_DEVICE_ID (that rank's device_id in the table); rank 0's run
+is the run (its closing lines are printed; the other ranks start from its variables). If a
+rank fails, the others are stopped and the script exits with the failed rank's exit code.
 Output: each process writes OUT/train_<id>_<full|performance>_<YYYYmmdd-HHMMSS>.log and a
 summary .json of the same name (flags, images/sec, accuracy, duration, exit code);
 OUT/train_<id>.log links to the newest log.

@@ -278,6 +278,14 @@ def test_a_killed_worker_stops_the_cluster_and_a_restart_resumes_from_the_chiefs
   assert final["global_step"] == saved + 10
 
 
+def test_loss_scaling_under_tf_distribute_is_refused_in_one_line(tmp_path):
+  with pytest.raises(ConfigError, match="--loss_scale=dynamic .* cannot run under "
+                     "--distribution=mirrored: loss scaling is not supported with "
+                     "tf.distribute yet"):
+    run_loop.prepare("tiny", tiny_flags(tmp_path, "--distribution=mirrored",
+                                        "--loss_scale=dynamic"))
+
+
 def test_masf_refuses_to_train_on_several_replicas(tmp_path):
   with pytest.raises(ConfigError, match=r"masf trains on one device only \(a step is one "
                      r"meta-learning episode.*\); it cannot run as mirrored: chief task 0"):
