@@ -30,6 +30,9 @@ def _fn_args(fn):
   return set(inspect.signature(target).parameters)
 
 
+# Under a tf.distribute strategy TF 2.x may hand the model_fn to autograph: model and input
+# functions are graph-building Python and run as written.
+@tf.autograph.experimental.do_not_convert
 def call_with_named_args(fn, **candidates):
   """Calls `fn` with the candidates it names, as Estimator does for model/input fns."""
   names = _fn_args(fn)
