@@ -19,6 +19,7 @@ from migration import backend as backend_lib
 from migration import distribute
 from migration.validation import ConfigError
 from tests import conftest
+from tests import test_npu_ranks
 from tests import tiny_model  # pylint: disable=unused-import  (registers "tiny")
 
 CPU = backend_lib.Backend("cpu")
@@ -157,13 +158,9 @@ def test_the_run_loop_refuses_eval_modes_across_processes(tmp_path, monkeypatch)
 
 def test_an_npu_rank_takes_its_share_of_the_batch_and_only_rank_0_reports(
     npu_double, tmp_path, monkeypatch):
-  table = tmp_path / "rank_table.json"
-  table.write_text(json.dumps({
-      "server_count": "1", "status": "completed", "version": "1.0",
-      "server_list": [{"server_id": "10.0.0.1", "device": [
-          {"device_id": str(i), "device_ip": "192.168.0.%d" % i, "rank_id": str(i)}
-          for i in range(2)]}]}))
-  for name, value in (("RANK_SIZE", "2"), ("RANK_ID", "1"), ("RANK_TABLE_FILE", str(table)),
+  table = test_npu_ranks.write_table(tmp_path, test_npu_ranks.rank_table(
+      test_npu_ranks.devices_of(2)))
+  for name, value in (("RANK_SIZE", "2"), ("RANK_ID", "1"), ("RANK_TABLE_FILE", table),
                       ("JOB_ID", "10087")):
     monkeypatch.setenv(name, value)
   runner = run_loop.prepare("tiny", tiny_flags(tmp_path / "rank1", "--mode=train",
@@ -190,9 +187,9 @@ def test_mirrored_on_one_cpu_is_one_replica_and_trains(tmp_path, capsys):
 
 # Real clusters: processes started by tools/launch_local.py, on this machine's cores.
 
-def launch(workers, flags, timeout=300, **popen):
-  command = [sys.executable, LAUNCHER, "--workers=%d" % workers, "--grace_secs=5", "--",
-             "-m", "tests.tiny_entry"] + flags
+def launch(workers, flags, ps=0, **popen):
+  command = [sys.executable, LAUNCHER, "--workers=%d" % workers, "--ps=%d" % ps,
+             "--grace_secs=5", "--", "-m", "tests.tiny_entry"] + flags
   return subprocess.Popen(command, cwd=conftest.REPO, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, universal_newlines=True, **popen)
 
@@ -291,3 +288,17 @@ def test_masf_refuses_to_train_on_several_replicas(tmp_path):
                      r"meta-learning episode.*\); it cannot run as mirrored: chief task 0"):
     run_loop.prepare("masf", ["--model_dir=%s" % tmp_path, "--device=cpu",
                               "--distribution=mirrored"])
+
+
+@pytest.mark.slow  # a worker polls every 30 s for the chief to initialise the ps variables
+def test_parameter_servers_train_asynchronously_and_the_chief_reports(tmp_path):
+  model_dir = tmp_path / "run"
+  code, out = finish(launch(2, tiny_flags(model_dir, "--distribution=parameter_server",
+                                          "--train_steps=40"), ps=1))
+  assert code == 0, out[-3000:]
+  assert "global batch 16, 8 per replica" in out
+  final = json.loads(out.split("[chief:0] Final metrics: ")[1].splitlines()[0])
+  assert final["global_step"] == 40 and final["accuracy"] > 0.5
+  assert "parameter_server: worker task 0, worker 1 of 2" in out
+  assert tf.train.latest_checkpoint(str(model_dir)).endswith("model.ckpt-40")
+  assert not tf.gfile.Glob(str(model_dir / "tmp_*"))  # the variables live on the ps task
