@@ -302,3 +302,40 @@ def test_parameter_servers_train_asynchronously_and_the_chief_reports(tmp_path):
   assert "parameter_server: worker task 0, worker 1 of 2" in out
   assert tf.train.latest_checkpoint(str(model_dir)).endswith("model.ckpt-40")
   assert not tf.gfile.Glob(str(model_dir / "tmp_*"))  # the variables live on the ps task
+
+
+def test_what_a_replica_updates_builds_and_loads_under_a_strategy(tmp_path):
+  """Under tf.distribute each replica runs the model_fn, where mirrored variables are
+  updated only with an aggregation: batch-norm statistics and AmoebaNet's EMA average
+  theirs, and pretrained weights are assigned in the cross-replica context (each of the
+  three failed on TF 1.15: "You must specify an aggregation method")."""
+  from estimators import layers  # pylint: disable=g-import-not-at-top
+  from estimators import pretrained  # pylint: disable=g-import-not-at-top
+  from estimators.amoeba_net import model_fn as amoeba_model_fn  # pylint: disable=g-import-not-at-top
+  from estimators.vit import network as vit_network  # pylint: disable=g-import-not-at-top
+  from estimators.vit import weights as vit_weights  # pylint: disable=g-import-not-at-top
+  from tests import test_vit_bit  # pylint: disable=g-import-not-at-top
+  path = test_vit_bit.save_npz(tmp_path / "vit.npz", test_vit_bit.vit_npz_arrays(
+      test_vit_bit.TINY_VIT, 32, 5))
+  strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
+  with tf.Graph().as_default():
+    with strategy.scope():
+      global_step = tf.train.get_or_create_global_step()
+
+      def replica_fn():
+        vit_network.build(tf.zeros([2, 32, 32, 3]), 5, True, test_vit_bit.TINY_VIT_CONFIG)
+        network_variables = tf.trainable_variables()
+        scaffold = pretrained.warm_start(path, network_variables, vit_weights.Filter(5))
+        layers.batch_norm(tf.ones([2, 4, 4, 3]), training=True, name="bn")
+        updates = tf.get_collection(tf.GraphKeys.UPDATE_OPS) + [
+            amoeba_model_fn.apply_ema(0.9, global_step, network_variables[:2])]
+        return scaffold, network_variables[0], tf.group(*updates)
+
+      scaffold, first, updates = strategy.extended.call_for_each_replica(replica_fn)
+    scaffold.finalize()
+    with tf.Session() as session:
+      session.run(scaffold.init_op)
+      scaffold.init_fn(session)
+      session.run(updates)
+      loaded = session.run(first)
+  np.testing.assert_array_equal(loaded, np.load(path)[first.op.name])
