@@ -125,9 +125,8 @@ class ImageFolderSource(object):
 
 
 def _predict_input_fn(source, split, preprocess_fn):
-  def predict_input_fn(params, input_context=None):
-    num_workers, worker_index = input_fns.worker_shard(input_context)
-    dataset = source.records(split, num_workers, worker_index, with_keys=True)
+  def predict_input_fn(params):  # one process predicts: the whole split
+    dataset = source.records(split, with_keys=True)
 
     def _parse_and_preprocess(serialized, key):
       encoded, identifier = source.parse_unlabeled(serialized, key)
@@ -151,7 +150,9 @@ def _mixup(num_classes, alpha):
 def _labelled_input_fn(source, split, is_training, preprocess_fn, mixup_alpha,
                        shuffle_buffer, seed, drop_remainder):
   def input_fn(params, input_context=None):
-    num_workers, worker_index = input_fns.worker_shard(input_context)
+    # Training is split over the workers; the chief (rank 0) evaluates the whole split.
+    num_workers, worker_index = (input_fns.worker_shard(input_context) if is_training
+                                 else (1, 0))
     dataset = source.records(split, num_workers, worker_index)
     if is_training:
       dataset = dataset.shuffle(shuffle_buffer, seed=seed).repeat()

@@ -279,7 +279,10 @@ def build_input_fn(data_dir, is_training, image_size, num_label_classes=1001,
     if synthetic:
       return synthetic_dataset(batch_size, image_size, num_label_classes, is_training,
                                synthetic_eval_batches)
-    num_workers, worker_index = input_fns.worker_shard(input_context)
+    # Training is split over the workers; evaluation and prediction run on the chief
+    # (rank 0) alone, over the whole split.
+    num_workers, worker_index = (input_fns.worker_shard(input_context) if is_training
+                                 else (1, 0))
     if predict:
       return _predict_dataset(files, image_size, fast_mode, batch_size, num_workers,
                               worker_index, drop_remainder)

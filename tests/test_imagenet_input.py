@@ -299,19 +299,26 @@ def test_truncated_jpeg_in_record_names_filename(tmp_path):
     _batches(input_fn, 1, max_batches=1)
 
 
-def test_rank_env_shards_records(tmp_path, monkeypatch):
+def test_rank_env_shards_the_training_records_and_rank_0_evaluates_them_all(tmp_path,
+                                                                             monkeypatch):
+  """NPU ranks (RANK_SIZE/RANK_ID) each train on their share; the evaluation is rank 0's
+  alone and reads the whole split (it read only rank 0's share before)."""
   _tiny_dataset(str(tmp_path), False, num_shards=2, per_shard=3)
+  monkeypatch.setenv("RANK_SIZE", "2")
   seen = []
   for rank in range(2):
-    monkeypatch.setenv("RANK_SIZE", "2")
     monkeypatch.setenv("RANK_ID", str(rank))
-    input_fn = imagenet.build_input_fn(str(tmp_path), False, 8, num_label_classes=5)
-    seen.append(sorted(np.concatenate([b[1] for b in _batches(input_fn, 1)]).tolist()))
-  assert len(seen[0]) == 3 and len(seen[1]) == 3
-  assert sorted(seen[0] + seen[1]) == [1, 1, 2, 2, 3, 4]
+    input_fn = imagenet.build_input_fn(str(tmp_path), True, 8, num_label_classes=5,
+                                       shuffle_buffer=1)  # one epoch = the first 3 records
+    seen.append(sorted(np.concatenate([b[1] for b in _batches(input_fn, 1, 3)]).tolist()))
+  assert sorted(seen[0] + seen[1]) == [1, 1, 2, 2, 3, 4] and seen[0] != seen[1]
+  monkeypatch.setenv("RANK_ID", "0")
+  evaluation = imagenet.build_input_fn(str(tmp_path), False, 8, num_label_classes=5)
+  assert sorted(np.concatenate([b[1] for b in _batches(evaluation, 1)]).tolist()) == [
+      1, 1, 2, 2, 3, 4]
   monkeypatch.setenv("RANK_ID", "2")
   with pytest.raises(ValueError, match="RANK_ID=2, RANK_SIZE=2"):
-    _batches(imagenet.build_input_fn(str(tmp_path), False, 8, num_label_classes=5), 1)
+    _batches(imagenet.build_input_fn(str(tmp_path), True, 8, num_label_classes=5), 1, 1)
 
 
 def test_synthetic_mode(caplog):
