@@ -465,9 +465,15 @@ def run_values(flag_values, backend, distribution=distribute.SINGLE):
 
 def configure(model, flag_values, backend, distribution=distribute.SINGLE):
   """The run's Config: the run loop's values, then the model's (ranges from its flag
-  table, then its configure()); every data check last. One ConfigError line on failure."""
+  table, what the distribution allows, then its configure()); every data check last. One
+  ConfigError line on failure."""
   try:
     registry.check_ranges(model.flags, flag_values)
+    registry.require(distribution.num_workers == 1 or
+                     flag_values.mode in ("train", "train_and_eval"),
+                     "--mode=%s runs in one process; %s is for training (unset TF_CONFIG/"
+                     "RANK_SIZE, or use --mode=train or train_and_eval)"
+                     % (flag_values.mode, distribution.describe()))
     if model.single_device_only and (distribution.strategy != "none" or
                                      distribution.num_workers > 1):
       raise ValueError("%s trains on one device only (%s); it cannot run as %s" % (
@@ -741,10 +747,6 @@ def build_runner(model, flag_values):
   validation.check_npu_options(npu_opts)
   backend = backend_lib.select_backend(flag_values.device)
   distribution = distribute.resolve(flag_values.distribution, backend)
-  if distribution.num_workers > 1 and flag_values.mode not in ("train", "train_and_eval"):
-    raise validation.ConfigError(
-        "--mode=%s runs in one process; %s is for training (unset TF_CONFIG/RANK_SIZE, or "
-        "use --mode=train or train_and_eval)" % (flag_values.mode, distribution.describe()))
   config = configure(model, flag_values, backend, distribution)
   backend_lib.activate(backend)
   model_flags = registry.values_of(model.flags, flag_values)

@@ -20,6 +20,7 @@ import os
 
 import tensorflow.compat.v1 as tf
 
+from migration import optimizers
 from migration.validation import ConfigError
 
 STRATEGIES = ("none", "mirrored", "multi_worker_mirrored", "parameter_server")
@@ -137,7 +138,7 @@ def resolve(strategy, backend, environ=None):
   env = os.environ if environ is None else environ
   if strategy not in STRATEGIES:
     raise ConfigError("--distribution=%s is not one of %s" % (strategy, "|".join(STRATEGIES)))
-  rank_size = int(env.get("RANK_SIZE") or env.get("CM_WORKER_SIZE") or "1")
+  rank_size = optimizers.rank_size(env)
   raw_tf_config = env.get("TF_CONFIG", "").strip()
   cluster, task_type, task_index = (parse_tf_config(raw_tf_config) if raw_tf_config
                                     else ({}, "chief", 0))

@@ -24,9 +24,10 @@ DYNAMIC_LOSS_SCALE = dict(init_loss_scale=2.0 ** 32, incr_every_n_steps=1000,
 _FLOAT32_MAX = 3.4e38
 
 
-def rank_size():
+def rank_size(environ=None):
   """RANK_SIZE, else CM_WORKER_SIZE, else 1 (a non-numeric value counts as 1)."""
-  value = os.environ.get("RANK_SIZE", os.environ.get("CM_WORKER_SIZE", "1"))
+  env = os.environ if environ is None else environ
+  value = env.get("RANK_SIZE", env.get("CM_WORKER_SIZE", "1"))
   return int(value) if value.isdigit() else 1
 
 
