@@ -11,6 +11,13 @@ into a temporary folder (kept with the children's logs when one fails) unless --
   python benchmarks/amoeba_net.py --output=amoeba_speed.json   # JSON: stdout's last line
   python benchmarks/amoeba_net.py --configs=small --steps=2 --warmup_steps=2 \
       --input_batches=3   # a quick check
+  python benchmarks/amoeba_net.py --configs=full --input_batches=0 --previous=before.json \
+      -- --inter_op_threads=1   # run-loop flags after --; ratios to an earlier run's JSON
+
+Each configuration's "comparison" gives its figures as ratios to --previous, to the figures
+of issue 16 on this stack (the reference implementation, this project before, the targets)
+and per peak TFLOP/s of the dense matmul measured at the start of the same run
+("matmul_peak_gflops", fp32 and bf16), the yardstick across machines and loads.
 """
 import argparse
 import os
@@ -48,6 +55,24 @@ CHECKPOINT_ONLY_AT_ENDS = 10 ** 9
 INPUT_CHILD = "input_pipeline"
 INPUT_IMAGE_SIZE, INPUT_NUM_CLASSES = 224, 1001
 FLOWERS_FOLDER = "flowers_kaggle_128"
+# Figures of issue 16, on this project's 2-core machine (fp32 matmul peak about 200 GFLOP/s
+# on TF 1.15, 211 on TF 2.15; bf16 377 on TF 2.15), at N6 F256 224 px batch 8, RMSProp:
+# the tensorflow/tpu implementation on TF 1.15.5 ("reference"), this project before the
+# issue ("before"), and the issue's targets. Ranges are (low, high) of repeated runs.
+ISSUE_16_FIGURES = {
+    "tf1": {"full": {
+        "train_images_per_sec": {"reference": (2.09, 2.32), "before": (2.22, 2.22),
+                                 "target": (2.8, 2.8)},
+        "eval_images_per_sec": {"reference": (10.2, 12.7), "before": (13.7, 14.1),
+                                "target": (15.0, 15.0)},
+        "peak_rss_mb_after_train": {"reference": (3.4 * 1024, 3.4 * 1024),
+                        "before": (3.5 * 1024, 3.6 * 1024)}}},
+    "tf2": {"full": {"train_images_per_sec": {"before": (4.0, 4.0), "target": (4.5, 4.5)}},
+            "full_mixed": {"train_images_per_sec": {"before": (6.4, 6.4),
+                                                    "target": (8.0, 8.0)},
+                           "eval_images_per_sec": {"before": (23.3, 23.3)}}},
+}
+COMPARED_FIGURES = ("train_images_per_sec", "eval_images_per_sec", "peak_rss_mb_after_train")
 OPTIONS = (  # (name, default, help, valid)
     ("steps", 10, "timed training and evaluation steps per configuration", registry.POSITIVE),
     ("warmup_steps", 3, "untimed steps before them (at least 2: the first training step "
@@ -70,12 +95,18 @@ def parse_args(argv):
   add("--data_dir", default=None, help="ImageNet-format tfrecords for the input-pipeline "
       "figures (default: built from <data root>/%s into a temporary folder)" % FLOWERS_FOLDER)
   add("--output", default=None, help="also write the JSON here")
+  add("--previous", default=None, help="an earlier run's JSON: each figure also as a ratio "
+      "to that run's")
   add("--child", default=None, help=argparse.SUPPRESS)
+  add("run_loop_flags", nargs="*", help="after --: run-loop flags for every configuration "
+      "(e.g. -- --inter_op_threads=2)")
   args = parser.parse_args(argv)
   args.configs = common.name_list(parser, "configs", args.configs, CONFIG_NAMES, True)
   common.check_options(parser, args, OPTIONS)
   if args.data_dir and not os.path.isdir(args.data_dir):
     parser.error("--data_dir=%s is not a directory" % args.data_dir)
+  if args.previous and not os.path.isfile(args.previous):
+    parser.error("--previous=%s is not a file" % args.previous)
   return args
 
 
@@ -107,17 +138,25 @@ def repeated(input_fn):
   return repeated_input_fn
 
 
-def measure_model(name, args, model_dir):
-  """Trains and evaluates configuration `name` on synthetic images; returns its figures."""
-  settings = config_settings(name, args)
-  batch_size, total_steps = settings["batch_size"], args.warmup_steps + args.steps
+def training_argv(settings, device, model_dir, total_steps):
+  """Run-loop argv training configuration `settings` on synthetic images for `total_steps`
+  (evaluation as many batches), checkpoints only at the ends."""
+  batch_size = settings["batch_size"]
   argv = ["--mode=train", "--model_dir=" + model_dir, "--use_synthetic_data",
-          "--device=" + args.device, "--train_batch_size=%d" % batch_size,
+          "--device=" + device, "--train_batch_size=%d" % batch_size,
           "--eval_batch_size=%d" % batch_size, "--train_steps=%d" % total_steps,
           "--eval_steps=%d" % total_steps,
           "--save_checkpoints_steps=%d" % CHECKPOINT_ONLY_AT_ENDS]
   argv += ["--%s=%s" % (key, str(settings[key]).lower()) for key in sorted(MODEL_CONFIGS["full"])]
-  argv += ["--precision_mode=" + settings["precision_mode"]] if settings["precision_mode"] else []
+  return argv + (["--precision_mode=" + settings["precision_mode"]]
+                 if settings["precision_mode"] else [])
+
+
+def measure_model(name, args, model_dir):
+  """Trains and evaluates configuration `name` on synthetic images; returns its figures."""
+  settings = config_settings(name, args)
+  batch_size, total_steps = settings["batch_size"], args.warmup_steps + args.steps
+  argv = training_argv(settings, args.device, model_dir, total_steps) + args.run_loop_flags
   runner = run_loop.prepare(MODEL_NAME, argv)
   config = runner.config
   train = timed(lambda hooks: runner.train(total_steps, hooks), batch_size, args.warmup_steps)
@@ -180,8 +219,8 @@ def measure_all(args, argv, result, temp_dir):
   """The input pipeline, then each configuration (none once the pipeline failed), each in
   a child process, into `result`; returns True when a measurement failed."""
 
-  def spawn(child, child_argv):
-    return common.spawn([os.path.abspath(__file__)] + child_argv + ["--child=" + child],
+  def spawn(child, child_argv):  # --child first: argv may end in "-- <run-loop flags>"
+    return common.spawn([os.path.abspath(__file__), "--child=" + child] + child_argv,
                         os.path.join(temp_dir, child + ".log"))
 
   result["configs"] = {}
@@ -190,7 +229,7 @@ def measure_all(args, argv, result, temp_dir):
     result["input_data"] = ({"data_dir": os.path.abspath(data_dir), "built": False}
                             if args.data_dir else
                             dict(build_flowers_tfrecords(data_dir), built=True))
-    result["input_pipeline"] = spawn(INPUT_CHILD, argv + ["--data_dir=" + data_dir])
+    result["input_pipeline"] = spawn(INPUT_CHILD, ["--data_dir=" + data_dir] + argv)
     if "error" in result["input_pipeline"]:
       sys.stderr.write("error: input pipeline: %s; model configurations skipped\n"
                        % result["input_pipeline"]["error"])
@@ -198,6 +237,30 @@ def measure_all(args, argv, result, temp_dir):
   for name in args.configs:
     result["configs"][name] = spawn(name, argv)
   return any("error" in figures for figures in result["configs"].values())
+
+
+def add_comparisons(result, previous):
+  """Per configuration: each figure's ratio to `previous` (an earlier run's JSON, or None)
+  and to the issue-16 figures of this stack ([to the high, to the low] end of a range),
+  and images/sec per peak TFLOP/s of the matmul measured in this run."""
+  peaks = result["matmul_peak_gflops"]
+  for name, figures in result["configs"].items():
+    if "error" in figures:
+      continue
+    peak = peaks["bfloat16"] if name.endswith(MIXED_SUFFIX) and peaks["bfloat16"] else \
+        peaks["float32"]
+    comparison = {"images_per_sec_per_peak_tflops": {
+        key: common.ratio(figures.get(key), peak / 1000.0) for key in COMPARED_FIGURES[:2]}}
+    earlier = ((previous or {}).get("configs") or {}).get(name) or {}
+    for key in COMPARED_FIGURES:
+      value = figures.get(key)
+      entry = {label: [common.ratio(value, high), common.ratio(value, low)]
+               for label, (low, high) in
+               ISSUE_16_FIGURES[result["stack"]].get(name, {}).get(key, {}).items()}
+      if earlier.get(key):
+        entry["previous_run"] = common.ratio(value, earlier[key])
+      comparison[key] = entry
+    figures["comparison"] = comparison
 
 
 def main(argv):
@@ -211,12 +274,14 @@ def main(argv):
     return 0
   start, result = time.time(), common.header("amoeba_net_speed")
   result["settings"] = {key: value for key, value in vars(args).items() if key != "child"}
+  result["matmul_peak_gflops"] = common.matmul_peaks()
   temp_dir, failed = tempfile.mkdtemp(prefix="bench_amoeba_"), False
   try:
     failed = measure_all(args, argv, result, temp_dir)
   finally:
     if not failed:  # else the children's logs stay
       shutil.rmtree(temp_dir, ignore_errors=True)
+  add_comparisons(result, common.load_json(args.previous) if args.previous else None)
   common.finish(result, args.output, start)
   return 1 if failed else 0
 

@@ -115,6 +115,45 @@ def cpu_info():
           "cpu_amx_bf16": "amx_bf16" in cpu_flags}
 
 
+def ratio(value, base):
+  """value / base to 3 decimals; None when either is missing or zero."""
+  return round(value / base, 3) if value and base else None
+
+
+def load_json(path):
+  with open(path) as f:
+    return json.load(f)
+
+
+def matmul_peaks():
+  """{"float32": GFLOP/s, "bfloat16": GFLOP/s or None}: see matmul_peak_gflops."""
+  return {"float32": matmul_peak_gflops(), "bfloat16": matmul_peak_gflops(tf.bfloat16)}
+
+
+def matmul_peak_gflops(dtype=tf.float32, size=2048, runs=5, matmuls_per_run=8):
+  """The machine's dense matmul rate now (GFLOP/s, best of `runs`), with TensorFlow's
+  default threads: the yardstick that makes images/sec comparable across machines and
+  loads. None when this TensorFlow has no CPU kernel for `dtype`."""
+  with tf.Graph().as_default():
+    a, b = (tf.Variable(tf.random.uniform([size, size], dtype=tf.float32)) for _ in "ab")
+    # Each product is reduced and fetched: grappler prunes a product nobody reads.
+    products = tf.add_n([tf.reduce_sum(tf.cast(
+        tf.matmul(tf.cast(a + i, dtype), tf.cast(b, dtype)), tf.float32))
+                         for i in range(matmuls_per_run)])
+    with tf.Session() as session:
+      session.run(tf.global_variables_initializer())
+      try:
+        session.run(products)  # warm-up: kernels, thread pools
+      except (tf.errors.NotFoundError, tf.errors.InvalidArgumentError):
+        return None
+      best = float("inf")
+      for _ in range(runs):
+        with Stopwatch() as watch:
+          session.run(products)
+        best = min(best, watch.seconds)
+  return round(2.0 * size ** 3 * matmuls_per_run / best / 1e9, 1)
+
+
 def reduced_precision_node_counts(graph_defs):
   """Nodes of (post-grappler) GraphDefs with bf16 / fp16 type attributes: the dtype that
   really ran (auto mixed precision rewrites the graph the session runs, not Python's)."""

@@ -5,15 +5,20 @@ from the last checkpoint), evaluating the whole test set (+ the OOD digits) afte
 chunk ends after --eval_every_steps steps or --eval_every_minutes; the run stops at
 --max_steps or after --max_minutes of training (train calls' wall time: graph build,
 session, checkpoints). JSON (stdout's last line): the curve, best accuracies, when the
-Ascend port's 93.81 % was first reached, timings, the input pipeline's rate, the settings.
+Ascend port's 93.81 % was first reached, timings, the input pipeline's rate, the settings,
+the best accuracy and steps/s as ratios to the target, the run before issue 16 and
+--previous, and the machine's matmul peak measured in the same run.
 
 Usage (any protoattend.py / run-loop flag may follow, in --name=value form):
   python benchmarks/protoattend.py --output=pa.json       # TF 2.15: 100 min, 44000 steps
   python benchmarks/protoattend.py --max_minutes=25 --max_steps=3000 \
       --eval_every_steps=1000 --output=pa_tf1.json      # TF 1.15 (fp32, about 4x slower)
+  python benchmarks/protoattend.py --model_dir=runs/pa ...           # a run that keeps its
+  python benchmarks/protoattend.py --model_dir=runs/pa ... --resume  # checkpoints; resumed
 """
 import argparse
 import collections
+import json
 import os
 import shutil
 import sys
@@ -80,6 +85,11 @@ CURVE_METRICS = dict(  # curve point key: its evaluation result
                              "ood_auroc", "mean_max_weight")}, eval_loss="loss",
     **{"median_prototypes_%dpct_weight" % pct: "prototypes_for_%d%%_weight/median" % pct
        for pct in (50, 90, 95)})
+# The README's run before issue 16 (TF 2.15, bf16, in-batch, 44,000 steps, weight decay 0):
+# best 93.06 % after 63 min, 8.6 steps/s.
+ISSUE_16_BEFORE = {"best_accuracy_prototypes": 0.9306, "steps_per_sec_steady": 8.6}
+# Written to the model_dir after each chunk: what --resume continues from.
+PROGRESS_FILE = "benchmark_progress.json"
 OPTIONS = (  # (name, default, help[, valid]) of the benchmark's own options
     ("max_minutes", 100.0, "Stop after this much training wall time (evaluations "
      "excluded).", registry.POSITIVE),
@@ -95,7 +105,11 @@ OPTIONS = (  # (name, default, help[, valid]) of the benchmark's own options
     ("input_batches", 300, "Batches timed for the input pipeline's own rate (0: skip).",
      registry.NON_NEGATIVE),
     ("output", None, "Also write the JSON here."),
+    ("previous", None, "An earlier run's JSON: the best accuracy and steps/s also as "
+     "ratios to that run's."),
     ("keep_model_dir", False, "Keep the temporary model_dir (ignored with --model_dir)."),
+    ("resume", False, "Continue the run whose checkpoints and %s are in --model_dir (the "
+     "same --max_steps and schedule): its curve and training time carry on." % PROGRESS_FILE),
     ("verbose", False, "TensorFlow INFO logging."))
 
 
@@ -104,6 +118,8 @@ def parse_args(argv):
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
   args, model_argv = parser.parse_known_args(argv)
   common.check_options(parser, args, OPTIONS)
+  if args.previous and not os.path.isfile(args.previous):
+    parser.error("--previous=%s is not a file" % args.previous)
   for arg in model_argv:
     if not arg.startswith("--"):
       parser.error("unexpected argument %r: model flags take the form --name=value" % arg)
@@ -174,18 +190,22 @@ def run(args, model_argv):
     with common.Stopwatch() as preparation:
       runner, full_argv, precision_source = prepare(full_argv, model_argv)
     config = runner.config
-    if tf.train.latest_checkpoint(config.model_dir):
-      raise SystemExit("error: --model_dir=%s already holds a checkpoint; the benchmark "
-                       "trains from scratch" % config.model_dir)
+    progress = earlier_progress(args, config)
     input_rate = input_pipeline_rate(runner.model.input_fn(config, "train"),
                                      config.train_batch_size, args.input_batches)
-    result.update(report(args, config, *train_in_chunks(args, runner, start), start=start))
+    result["matmul_peak_gflops"] = common.matmul_peaks()
+    result.update(report(args, config, *train_in_chunks(args, runner, start, progress),
+                         start=start))
+    if progress:
+      result["resumed_at_step"] = progress["step"]
   finally:
     if not args.keep_model_dir:
       shutil.rmtree(temp_dir, ignore_errors=True)
   result["data"]["data_prep_seconds"] = round(preparation.seconds, 2)
   result["timing"]["input_pipeline_examples_per_sec"] = input_rate
   result["settings"] = settings(args, config, decay_source, precision_source, full_argv)
+  result["comparison"] = comparison(result, args,
+                                    common.load_json(args.previous) if args.previous else None)
   if args.keep_model_dir or config.model_dir != temp_model_dir:
     result["model_dir"] = config.model_dir
   return result
@@ -209,11 +229,48 @@ def prepare(full_argv, model_argv):
     raise SystemExit("error: %s" % e)
 
 
-def train_in_chunks(args, runner, start):
-  """Trains chunk by chunk, evaluating after each; returns the curve, the chunks' summed
-  figures (collections.Counter) and the last global step."""
+def schedule_of(args, config):
+  return {"max_steps": args.max_steps, "decay_every": config.decay_every,
+          "init_learning_rate": config.init_learning_rate, "decay_rate": config.decay_rate}
+
+
+def earlier_progress(args, config):
+  """What --resume continues from (None for a fresh run); one line when the model_dir
+  holds checkpoints of no resumable run, or of a run with another schedule."""
+  checkpoint = tf.train.latest_checkpoint(config.model_dir)
+  path = os.path.join(config.model_dir, PROGRESS_FILE)
+  if not checkpoint:
+    return None
+  if not args.resume:
+    raise SystemExit("error: --model_dir=%s already holds a checkpoint; the benchmark "
+                     "trains from scratch unless --resume" % config.model_dir)
+  if not os.path.isfile(path):
+    raise SystemExit("error: --resume: %s not found (the checkpoints are not a benchmark "
+                     "run's)" % path)
+  with open(path) as f:
+    progress = json.load(f)
+  if progress["schedule"] != schedule_of(args, config):
+    raise SystemExit("error: --resume: %s was run with %s, this run asks for %s"
+                     % (path, progress["schedule"], schedule_of(args, config)))
+  return progress
+
+
+def save_progress(args, config, curve, totals, step):
+  path = os.path.join(config.model_dir, PROGRESS_FILE)
+  with open(path + ".tmp", "w") as f:
+    json.dump({"schedule": schedule_of(args, config), "curve": curve, "totals": totals,
+               "step": step}, f)
+  os.replace(path + ".tmp", path)  # a run killed while writing keeps the previous file
+
+
+def train_in_chunks(args, runner, start, progress=None):
+  """Trains chunk by chunk, evaluating after each (from `progress` when resuming); returns
+  the curve, the chunks' summed figures (collections.Counter) and the last global step."""
   budget = args.max_minutes * 60.0
   totals, curve, step = collections.Counter(), [], 0
+  if progress:
+    totals.update(progress["totals"])
+    curve, step = progress["curve"], progress["step"]
   while step < args.max_steps and totals["train_wall"] < budget:
     chunk_start = time.time()
     deadline = chunk_start + budget - totals["train_wall"]
@@ -231,6 +288,7 @@ def train_in_chunks(args, runner, start):
     if point["global_step"] <= step:
       break  # no progress (e.g. every step skipped): stop instead of looping
     step = point["global_step"]
+    save_progress(args, runner.config, curve, totals, step)
   return curve, totals, step
 
 
@@ -271,6 +329,30 @@ def report(args, config, curve, totals, step, start):
           "cpu_seconds_per_step_steady": rate(
               totals["step_cpu"] - totals["first_step_cpu"], steady_steps)}),
       "peak_rss_mb": common.peak_rss_mb()}
+
+
+def comparison(result, args, previous):
+  """The best prototype accuracy and the steady steps/s as ratios to the target, the run
+  before issue 16 and `previous` (an earlier run's JSON, or None); steps/s per peak
+  TFLOP/s of the matmul measured in this run (bf16's when training ran in bf16)."""
+  figures = {"best_accuracy_prototypes": (result["best_accuracy_prototypes"] or {}).get(
+      "accuracy_prototypes"), "steps_per_sec_steady": result["timing"]["steps_per_sec_steady"]}
+  out = {}
+  for key, value in figures.items():
+    entry = {"issue_16_before": common.ratio(value, ISSUE_16_BEFORE[key])}
+    if previous:
+      earlier = ((previous.get("best_accuracy_prototypes") or {}).get("accuracy_prototypes")
+                 if key == "best_accuracy_prototypes" else previous["timing"].get(key))
+      entry["previous_run"] = common.ratio(value, earlier)
+    out[key] = entry
+  out["best_accuracy_prototypes"]["target"] = common.ratio(
+      figures["best_accuracy_prototypes"], args.target_accuracy)
+  peaks = result["matmul_peak_gflops"]
+  peak = (peaks["bfloat16"] if result["settings"]["compute_dtype"] == "bfloat16"
+          else peaks["float32"])
+  out["steps_per_sec_steady"]["per_peak_tflops"] = common.ratio(
+      figures["steps_per_sec_steady"], peak / 1000.0 if peak else None)
+  return out
 
 
 def input_pipeline_rate(train_input_fn, batch_size, num_batches):

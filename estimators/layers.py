@@ -47,7 +47,9 @@ def conv2d(x, filters, kernel_size, strides=1, padding="SAME", use_bias=False,
     _maybe_l2(kernel, weight_decay)
     stride = [1, strides, strides, 1]
     rate = [dilation, dilation]
-    if groups == 1:
+    if (kh, kw, strides, dilation, groups) == (1, 1, 1, 1, 1):  # any padding is VALID
+      y = ops.pointwise_conv2d(x, kernel)
+    elif groups == 1:
       y = tf.nn.conv2d(x, kernel, stride, padding, dilations=[1] + rate + [1])
     else:
       xs = tf.split(x, groups, axis=3)

@@ -296,6 +296,35 @@ def test_only_the_update_waits_for_batch_norm_statistics():
                if {c.name for c in op.control_inputs} & update_ops]
     assert waiting and all(not name.startswith("gradients/") for name in waiting), waiting[:5]
 
+
+@pytest.mark.parametrize("height,width", [(6, 4), (5, 7)])
+def test_subsample_matches_the_reference_pools_without_their_slow_gradients(height, width):
+  """factorized_reduction's two paths: the reference's 1x1/2 average pool of x and of x
+  shifted up-left (tf.pad(x)[:, 1:, 1:, :]) differentiate through AvgPoolGrad and
+  StridedSliceGrad (slow on CPU); subsample gives the same values and gradients, for even
+  and odd sizes."""
+  rng = np.random.RandomState(0)
+  x_value = rng.randn(2, height, width, 3).astype(np.float32)
+  with tf.Graph().as_default() as graph:
+    x = tf.constant(x_value)
+    pool = lambda t: tf.nn.avg_pool(t, [1, 1, 1, 1], [1, 2, 2, 1], "VALID")
+    references = [pool(x), pool(tf.pad(x, [[0, 0], [0, 1], [0, 1], [0, 0]])[:, 1:, 1:, :])]
+    ours = [network.subsample(x, 2), network.subsample(x, 2, offset=1)]
+    weights = [tf.constant(rng.randn(*out.shape.as_list()).astype(np.float32))
+               for out in references]
+    values, gradient_types = [], set()
+    for outputs in (references, ours):
+      before = set(graph.get_operations())
+      gradient, = tf.gradients([out * w for out, w in zip(outputs, weights)], x)
+      gradient_types = {op.type for op in set(graph.get_operations()) - before}
+      values.append(outputs + [gradient])
+    with tf.Session() as sess:
+      values = sess.run(values)
+  for reference_value, our_value in zip(*values):
+    np.testing.assert_array_equal(reference_value, our_value)
+  assert not gradient_types & {"AvgPoolGrad", "StridedSliceGrad"}, gradient_types
+
+
 # --- Flags, steps and validation --------------------------------------------------------
 
 def configured(*argv):

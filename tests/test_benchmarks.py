@@ -42,3 +42,111 @@ def test_protoattend_benchmark_prints_its_curve(shared_data, tmp_path):
   assert params["decay_every"] == 1  # max_steps / 50, at least 1
   assert printed["data"]["eval_examples_per_evaluation"] == 100
   assert printed["timing"]["input_pipeline_examples_per_sec"] > 0
+  assert printed["matmul_peak_gflops"]["float32"] > 0
+  best = printed["best_accuracy_prototypes"]["accuracy_prototypes"]
+  assert printed["comparison"]["best_accuracy_prototypes"] == {
+      "issue_16_before": round(best / 0.9306, 3) if best else None,
+      "target": round(best / 0.9381, 3) if best else None}
+
+
+@pytest.mark.slow
+def test_protoattend_benchmark_resumes_a_stopped_run(shared_data, tmp_path):
+  data_dir = os.path.join(shared_data, "fashion_mnist")
+  if not fashion_mnist.has_idx_files(data_dir):
+    pytest.skip("Fashion-MNIST IDX files not found in " + data_dir)
+  model_dir = tmp_path / "model"
+
+  def bench(*extra):
+    command = [sys.executable, os.path.join(REPO, "benchmarks", "protoattend.py"),
+               "--max_steps=6", "--eval_every_steps=3", "--model_dir=%s" % model_dir,
+               "--data_dir=%s" % data_dir, "--tfrecord_dir=%s" % (tmp_path / "tfrecords"),
+               "--resnet_depth=8", "--train_batch_size=16", "--eval_batch_size=100",
+               "--eval_steps=1", "--eval_cand_size=32", "--input_batches=0"] + list(extra)
+    return subprocess.run(command, cwd=str(tmp_path), stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, universal_newlines=True, timeout=600)
+
+  stopped = bench("--max_minutes=0.00001")  # the time budget ends after the first step
+  assert stopped.returncode == 0, stopped.stderr[-3000:]
+  first = json.loads(stopped.stdout.strip().splitlines()[-1])
+  assert first["stopped_by"] == "max_minutes" and first["final"]["global_step"] == 1
+
+  refused = bench()
+  assert refused.returncode != 0 and "--resume" in refused.stderr
+  other_schedule = bench("--resume", "--max_steps=9")
+  assert other_schedule.returncode != 0 and "this run asks for" in other_schedule.stderr
+
+  resumed = bench("--resume")
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  printed = json.loads(resumed.stdout.strip().splitlines()[-1])
+  assert printed["resumed_at_step"] == 1
+  assert [point["global_step"] for point in printed["curve"]] == [1, 4, 6]
+  assert printed["stopped_by"] == "max_steps"
+  assert printed["timing"]["chunks"] == 3
+
+
+def _node(name, label, micros):
+  from tensorflow.core.framework import step_stats_pb2  # pylint: disable=g-import-not-at-top
+  return step_stats_pb2.NodeExecStats(node_name=name, timeline_label=label,
+                                      all_end_rel_micros=micros)
+
+
+def test_profile_attributes_traced_time_to_op_types_and_parts_of_the_step():
+  from benchmarks import profile_amoeba_net  # pylint: disable=g-import-not-at-top
+  from tensorflow.core.framework import step_stats_pb2  # pylint: disable=g-import-not-at-top
+  nodes = [
+      ("cell_0/conv/Conv2D", "cell_0/conv/Conv2D = _FusedConv2D(x, w)", 4000),
+      ("gradients/cell_0/conv/Conv2D_grad/Conv2DBackpropFilter",
+       "gradients/cell_0/conv/Conv2D_grad/Conv2DBackpropFilter = Conv2DBackpropFilter(a)",
+       3000),
+      ("RMSProp/update_w/ApplyRMSProp", "RMSProp/update_w/ApplyRMSProp = ApplyRMSProp(w)", 1000),
+      ("moving_average/AssignSub", "moving_average/AssignSub = AssignSub(s, d)", 1000),
+      ("IteratorGetNext", "IteratorGetNext = IteratorGetNext(it)", 500),
+      ("losses/total_loss_1", "losses/total_loss_1 = ScalarSummary(t, v)", 300),
+      ("global_step/add", "global_step/add = AddV2(s, one)", 100),
+      ("_SOURCE", "", 100)]
+  step = step_stats_pb2.StepStats()
+  step.dev_stats.add(device="/job:localhost/replica:0/task:0/device:CPU:0").node_stats.extend(
+      [_node(*row) for row in nodes])
+  step.dev_stats.add(device="/host:CPU").node_stats.extend(  # the host tracer's copy
+      [_node("cell_0/conv/Conv2D:_FusedConv2D", "id=2,device=CPU:0,async=false", 4000)])
+  result = profile_amoeba_net.aggregate([step, step])  # two identical steps: per-step = one
+  assert result["op_seconds_per_step"] == 0.01
+  parts = {row["name"]: row["op_seconds_per_step"] for row in result["parts"]}
+  assert parts == {"forward": 0.004, "backward": 0.003, "optimizer": 0.001, "ema": 0.001,
+                   "input": 0.0005, "summaries": 0.0003, "step_counter": 0.0001,
+                   "runtime": 0.0001}
+  types = {row["name"]: row for row in result["op_types"]}
+  assert types["_FusedConv2D"]["share"] == 0.4 and types["_FusedConv2D"]["nodes_per_step"] == 1
+  assert types["(runtime)"]["op_seconds_per_step"] == 0.0001
+  assert result["op_types"][0]["name"] == "_FusedConv2D"  # largest first
+  assert result["nodes"][1] == {"name": nodes[1][0], "op_seconds_per_step": 0.003,
+                                "share": 0.3}
+
+
+def test_amoeba_benchmark_reports_ratios_to_the_previous_run_the_issue_and_the_peak():
+  from benchmarks import amoeba_net  # pylint: disable=g-import-not-at-top
+  result = {"stack": "tf1", "matmul_peak_gflops": {"float32": 200.0, "bfloat16": None},
+            "configs": {"full": {"train_images_per_sec": 2.8, "eval_images_per_sec": 15.0,
+                                 "peak_rss_mb_after_train": 3481.6},
+                        "small": {"error": "exit 1"}}}
+  previous = {"configs": {"full": {"train_images_per_sec": 2.0}}}
+  amoeba_net.add_comparisons(result, previous)
+  comparison = result["configs"]["full"]["comparison"]
+  assert comparison["train_images_per_sec"]["previous_run"] == 1.4
+  assert comparison["train_images_per_sec"]["reference"] == [round(2.8 / 2.32, 3),
+                                                             round(2.8 / 2.09, 3)]
+  assert comparison["train_images_per_sec"]["target"] == [1.0, 1.0]
+  assert comparison["peak_rss_mb_after_train"]["reference"] == [1.0, 1.0]
+  assert "previous_run" not in comparison["eval_images_per_sec"]
+  assert comparison["images_per_sec_per_peak_tflops"]["train_images_per_sec"] == 14.0
+  assert "comparison" not in result["configs"]["small"]
+
+
+def test_amoeba_benchmark_passes_run_loop_flags_after_the_separator():
+  from benchmarks import amoeba_net  # pylint: disable=g-import-not-at-top
+  args = amoeba_net.parse_args(["--child=full", "--configs=full", "--input_batches=0", "--",
+                                "--inter_op_threads=1", "--intra_op_threads=2"])
+  assert args.child == "full" and args.configs == ["full"]
+  assert args.run_loop_flags == ["--inter_op_threads=1", "--intra_op_threads=2"]
+  with pytest.raises(SystemExit):
+    amoeba_net.parse_args(["--previous=/nonexistent/run.json"])

@@ -315,6 +315,35 @@ def test_dropout_uses_npu_ops_on_npu(npu_double, monkeypatch):
   assert calls == [0.75]
 
 
+
+@pytest.mark.parametrize("device", ["cpu", "gpu"])
+def test_pointwise_convolution_keeps_values_and_gradients_with_cheaper_cpu_kernels(
+    device, cpu_backend):
+  """layers.conv2d's 1x1 stride-1 case (migration.ops.pointwise_conv2d): on the CPU its
+  gradients come from Conv2D and MatMul instead of TF's Conv2DBackpropInput/Filter (slow
+  on TF 1.15); the values and gradients equal tf.nn.conv2d's; GPU and NPU keep TF's."""
+  from estimators import layers
+  backend_lib.activate(backend_lib.Backend(device))
+  rng = np.random.RandomState(0)
+  with tf.Graph().as_default() as graph:
+    x = tf.constant(rng.randn(2, 5, 5, 6).astype(np.float32))
+    weights = tf.constant(rng.randn(2, 5, 5, 4).astype(np.float32))
+    ours = layers.conv2d(x, 4, 1, name="pointwise")
+    kernel = tf.trainable_variables()[0]
+    reference = tf.nn.conv2d(x, kernel, [1, 1, 1, 1], "SAME")
+    grads_ours = tf.gradients(tf.reduce_sum(ours * weights), [x, kernel])
+    grad_types = {op.type for op in graph.get_operations() if op.name.startswith("gradients/")}
+    grads_reference = tf.gradients(tf.reduce_sum(reference * weights), [x, kernel])
+    with tf.Session() as sess:
+      sess.run(tf.global_variables_initializer())
+      values = sess.run([ours, reference] + grads_ours + grads_reference)
+  np.testing.assert_allclose(values[0], values[1], rtol=1e-6, atol=1e-6)
+  for ours_value, reference_value in zip(values[2:4], values[4:]):
+    np.testing.assert_allclose(ours_value, reference_value, rtol=1e-5, atol=1e-5)
+  tf_backprop = {"Conv2DBackpropInput", "Conv2DBackpropFilter"}
+  assert (grad_types & tf_backprop) == (set() if device == "cpu" else tf_backprop)
+
+
 # --- session config for Session-style code ----------------------------------------------------
 
 def test_session_config_on_npu_has_npu_optimizer(npu_double):

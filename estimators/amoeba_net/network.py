@@ -116,12 +116,25 @@ class _Builder(object):
     if filters % 2:
       raise ValueError("factorized reduction needs an even number of filters, got %d"
                        % filters)
-    path1 = tf.nn.avg_pool(x, [1, 1, 1, 1], [1, stride, stride, 1], "VALID")
-    path1 = self.conv(path1, filters // 2, 1, name="path1_conv")
-    path2 = tf.pad(x, [[0, 0], [0, 1], [0, 1], [0, 0]])[:, 1:, 1:, :]
-    path2 = tf.nn.avg_pool(path2, [1, 1, 1, 1], [1, stride, stride, 1], "VALID")
-    path2 = self.conv(path2, filters // 2, 1, name="path2_conv")
+    path1 = self.conv(subsample(x, stride), filters // 2, 1, name="path1_conv")
+    path2 = self.conv(subsample(x, stride, offset=1), filters // 2, 1, name="path2_conv")
     return self.bn(tf.concat([path1, path2], axis=3), "final_path_bn")
+
+
+def subsample(x, stride, offset=0):
+  """Pixels (offset + i * stride, offset + j * stride) of NHWC `x`, ceil(size / stride) of
+  each, zero past the edge: the reference's 1x1 average pool of stride `stride` (offset
+  0) and the same pool after `tf.pad(x, bottom/right 1)[:, 1:, 1:, :]` (offset 1), with
+  the same values and gradients. Built from Pad, Reshape and Slice, whose gradients are
+  cheap; the reference's AvgPoolGrad and StridedSliceGrad are slow generic CPU kernels
+  (benchmarks/profile_amoeba_net.py)."""
+  _, height, width, channels = x.shape.as_list()
+  rows, columns = -(-height // stride), -(-width // stride)
+  if (rows * stride, columns * stride) != (height, width):
+    x = tf.pad(x, [[0, 0], [0, rows * stride - height], [0, columns * stride - width], [0, 0]])
+  blocks = tf.reshape(x, [-1, rows, stride, columns, stride, channels])
+  picked = tf.slice(blocks, [0, 0, offset, 0, offset, 0], [-1, -1, 1, -1, 1, -1])
+  return tf.reshape(picked, [-1, rows, columns, channels])
 
 
 class _Cell(object):
