@@ -28,8 +28,8 @@ def pointwise_conv2d(x, kernel):
   values and gradients. On the CPU the gradients are computed as a Conv2D with the
   transposed kernel (input) and a MatMul (kernel) instead of Conv2DBackpropInput and
   Conv2DBackpropFilter, TensorFlow 1.15's generic CPU kernels for any filter size
-  (benchmarks/profile_amoeba_net.py: AmoebaNet-D's 1x1 input gradients took 4x their
-  forward convolution). NPU and GPU keep their own gradient kernels."""
+  (benchmarks/profile_amoeba_net.py: AmoebaNet-D's 1x1 input gradients took up to 4.5x
+  their forward convolution). NPU and GPU keep their own gradient kernels."""
   if backend_lib.current().device != "cpu":
     return tf.nn.conv2d(x, kernel, [1, 1, 1, 1], "VALID")
   return _pointwise_conv2d_cpu(x, tf.convert_to_tensor(kernel))

@@ -11,19 +11,26 @@ from input_fns import fashion_mnist
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.mark.slow
-def test_protoattend_benchmark_prints_its_curve(shared_data, tmp_path):
+def run_tiny_protoattend_benchmark(shared_data, tmp_path, *flags):
+  """benchmarks/protoattend.py on real Fashion-MNIST with a tiny network and budget (6
+  steps, an evaluation every 3); skips the test when the data is missing."""
   data_dir = os.path.join(shared_data, "fashion_mnist")
   if not fashion_mnist.has_idx_files(data_dir):
     pytest.skip("Fashion-MNIST IDX files not found in " + data_dir)
-  output = tmp_path / "bench.json"
   command = [sys.executable, os.path.join(REPO, "benchmarks", "protoattend.py"),
-             "--max_steps=6", "--eval_every_steps=3", "--output=%s" % output,
+             "--max_steps=6", "--eval_every_steps=3",
              "--data_dir=%s" % data_dir, "--tfrecord_dir=%s" % (tmp_path / "tfrecords"),
              "--resnet_depth=8", "--train_batch_size=16", "--eval_batch_size=100",
-             "--eval_steps=1", "--eval_cand_size=32", "--input_batches=5"]
-  completed = subprocess.run(command, cwd=str(tmp_path), stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, universal_newlines=True, timeout=600)
+             "--eval_steps=1", "--eval_cand_size=32"] + list(flags)
+  return subprocess.run(command, cwd=str(tmp_path), stdout=subprocess.PIPE,
+                        stderr=subprocess.PIPE, universal_newlines=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_protoattend_benchmark_prints_its_curve(shared_data, tmp_path):
+  output = tmp_path / "bench.json"
+  completed = run_tiny_protoattend_benchmark(shared_data, tmp_path, "--output=%s" % output,
+                                             "--input_batches=5")
   assert completed.returncode == 0, completed.stderr[-3000:]
   printed = json.loads(completed.stdout.strip().splitlines()[-1])
   assert json.loads(output.read_text()) == printed
@@ -51,19 +58,11 @@ def test_protoattend_benchmark_prints_its_curve(shared_data, tmp_path):
 
 @pytest.mark.slow
 def test_protoattend_benchmark_resumes_a_stopped_run(shared_data, tmp_path):
-  data_dir = os.path.join(shared_data, "fashion_mnist")
-  if not fashion_mnist.has_idx_files(data_dir):
-    pytest.skip("Fashion-MNIST IDX files not found in " + data_dir)
   model_dir = tmp_path / "model"
 
   def bench(*extra):
-    command = [sys.executable, os.path.join(REPO, "benchmarks", "protoattend.py"),
-               "--max_steps=6", "--eval_every_steps=3", "--model_dir=%s" % model_dir,
-               "--data_dir=%s" % data_dir, "--tfrecord_dir=%s" % (tmp_path / "tfrecords"),
-               "--resnet_depth=8", "--train_batch_size=16", "--eval_batch_size=100",
-               "--eval_steps=1", "--eval_cand_size=32", "--input_batches=0"] + list(extra)
-    return subprocess.run(command, cwd=str(tmp_path), stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, universal_newlines=True, timeout=600)
+    return run_tiny_protoattend_benchmark(shared_data, tmp_path, "--model_dir=%s" % model_dir,
+                                          "--input_batches=0", *extra)
 
   stopped = bench("--max_minutes=0.00001")  # the time budget ends after the first step
   assert stopped.returncode == 0, stopped.stderr[-3000:]

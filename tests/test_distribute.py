@@ -298,9 +298,12 @@ def test_parameter_servers_train_asynchronously_and_the_chief_reports(tmp_path):
   assert code == 0, out[-3000:]
   assert "global batch 16, 8 per replica" in out
   final = json.loads(out.split("[chief:0] Final metrics: ")[1].splitlines()[0])
-  assert final["global_step"] == 40 and final["accuracy"] > 0.5
+  # Asynchronous workers stop on the global step they last read: steps already in flight
+  # when it reaches 40 still count (CI saw 42).
+  assert 40 <= final["global_step"] <= 44 and final["accuracy"] > 0.5
   assert "parameter_server: worker task 0, worker 1 of 2" in out
-  assert tf.train.latest_checkpoint(str(model_dir)).endswith("model.ckpt-40")
+  assert tf.train.latest_checkpoint(str(model_dir)).endswith(
+      "model.ckpt-%d" % final["global_step"])
   assert not tf.gfile.Glob(str(model_dir / "tmp_*"))  # the variables live on the ps task
 
 
