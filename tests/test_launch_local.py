@@ -4,6 +4,7 @@ Every task script records its pid (and those of any grandchild) under OUT/pids, 
 can check that nothing outlives the launcher; tasks that must outlive others wait for files,
 not for time, so the tests hold on a loaded machine.
 """
+import collections
 import json
 import os
 import signal
@@ -15,6 +16,7 @@ import time
 import pytest
 
 from tests import conftest
+from tools import launch_local
 
 LAUNCHER = os.path.join(conftest.REPO, "tools", "launch_local.py")
 STOP_LINE = "launch_local: %s exited with %s; stopping the other tasks"
@@ -282,6 +284,29 @@ def test_a_second_signal_to_the_launcher_skips_the_grace_period(tmp_path):
   proc.communicate(timeout=10)
   assert proc.returncode == 143
   Run(proc, b"", b"", 0, out).assert_nothing_left(1)
+
+
+def test_a_second_signal_before_the_stop_begins_still_skips_the_grace_period():
+  """The launcher's second signal can arrive between its "stopping all tasks" line and the
+  start of the stop (CI under load): it used to be counted as the first and the launcher
+  waited the whole grace period."""
+
+  class TaskIgnoringSigterm(object):
+    def __init__(self):
+      self.killed = False
+      self.proc = collections.namedtuple("Proc", "wait")(lambda: None)
+
+    def group_alive(self):
+      return not self.killed
+
+    def signal_group(self, signum):
+      self.killed = self.killed or signum == signal.SIGKILL
+
+  task = TaskIgnoringSigterm()
+  start_time = time.monotonic()
+  launch_local.stop_tasks([task], 30.0, lambda: None, [signal.SIGTERM, signal.SIGINT],
+                          stopped_by_signal=True)
+  assert task.killed and time.monotonic() - start_time < 5.0
 
 
 @pytest.mark.parametrize("argv, named", [

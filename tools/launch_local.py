@@ -249,10 +249,12 @@ def reap(tasks, orphans_too):
       os.waitpid(info.si_pid, 0)
 
 
-def stop_tasks(tasks, grace_secs, reap_all, signals_received):
+def stop_tasks(tasks, grace_secs, reap_all, signals_received, stopped_by_signal):
   """SIGTERMs every task's process group that is left, SIGKILLs what is still there after
-  `grace_secs` (or at once on another signal to the launcher), and reaps every task."""
-  signals_before = len(signals_received)
+  `grace_secs` (or at once on another signal to the launcher), and reaps every task.
+  `stopped_by_signal`: the stop answers the launcher's first signal, so any later one
+  (even one that arrived before this call) skips the grace period."""
+  signals_before = 1 if stopped_by_signal else 0
   reap_all()
   left = [task for task in tasks if task.group_alive()]
   for task in left:
@@ -322,7 +324,7 @@ def run(args, command):
       started.append(task)
     if exit_code is None:
       exit_code = supervise(started, reap_all, signals_received)
-    stop_tasks(started, args.grace_secs, reap_all, signals_received)
+    stop_tasks(started, args.grace_secs, reap_all, signals_received, exit_code > 128)
     deadline = time.monotonic() + READER_JOIN_SECS
     for task in started:
       task.reader.join(max(0.0, deadline - time.monotonic()))
