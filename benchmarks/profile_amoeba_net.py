@@ -116,23 +116,25 @@ class TraceHook(tf.train.SessionRunHook):
   def __init__(self, first, count):
     self.first, self.count = first, count
     self.step_stats, self.walls, self.traced = [], [], []
-    self._calls, self._start = 0, None
+    self.end_of_steps = self._start = None
+
+  def _this_call_traced(self):
+    return self.first <= len(self.walls) < self.first + self.count
 
   def before_run(self, run_context):
     self._start = time.time()
-    if self.first <= self._calls < self.first + self.count:
+    if self._this_call_traced():
       return tf.train.SessionRunArgs(
           None, options=tf.RunOptions(trace_level=tf.RunOptions.FULL_TRACE))
     return None
 
   def after_run(self, run_context, run_values):
-    self.walls.append(time.time() - self._start)
-    traced = self.first <= self._calls < self.first + self.count
-    self.traced.append(traced)
+    self.end_of_steps = time.time()
+    traced = self._this_call_traced()
     if traced:
       self.step_stats.append(run_values.run_metadata.step_stats)
-    self._calls += 1
-    self.end_of_steps = time.time()
+    self.traced.append(traced)
+    self.walls.append(self.end_of_steps - self._start)
 
 
 def parse_args(argv):
