@@ -4,21 +4,26 @@ Trains in chunks with the Runner `protoattend.py` runs (run_loop.prepare; each c
 from the last checkpoint), evaluating the whole test set (+ the OOD digits) after each. A
 chunk ends after --eval_every_steps steps or --eval_every_minutes; the run stops at
 --max_steps or after --max_minutes of training (train calls' wall time: graph build,
-session, checkpoints). JSON (stdout's last line): the curve, best accuracies, when the
-Ascend port's 93.81 % was first reached, timings, the input pipeline's rate, the settings,
-the best accuracy and steps/s as ratios to the target, the run before issue 16 and
---previous, and the machine's matmul peak measured in the same run.
+session, checkpoints). --max_steps=0 (the default) fits the length to --max_minutes: the
+first chunk is the warm-up, whose learning rate does not depend on the length, and its
+speed fixes max_steps (where the cosine schedule ends). JSON (stdout's last line): the
+curve, best accuracies, when the Ascend port's 93.81 % was first reached, timings, the
+input pipeline's rate, the settings, the best accuracy and steps/s as ratios to the
+target, the run before issue 16 and --previous, and the machine's matmul peak measured in
+the same run.
 
 Usage (any protoattend.py / run-loop flag may follow, in --name=value form):
-  python benchmarks/protoattend.py --output=pa.json       # TF 2.15: 100 min, 44000 steps
+  python benchmarks/protoattend.py --output=pa.json       # 60 min, the steps that fit
+  python benchmarks/protoattend.py --max_minutes=120 --output=pa_2h.json
   python benchmarks/protoattend.py --max_minutes=25 --max_steps=3000 \
-      --eval_every_steps=1000 --output=pa_tf1.json      # TF 1.15 (fp32, about 4x slower)
+      --eval_every_steps=1000 --output=pa_tf1.json      # a fixed length
   python benchmarks/protoattend.py --model_dir=runs/pa ...           # a run that keeps its
   python benchmarks/protoattend.py --model_dir=runs/pa ... --resume  # checkpoints; resumed
 """
 import argparse
 import collections
 import json
+import math
 import os
 import shutil
 import sys
@@ -34,16 +39,21 @@ from absl import logging  # pylint: disable=g-import-not-at-top
 from benchmarks import common  # pylint: disable=g-import-not-at-top
 from estimators import registry  # pylint: disable=g-import-not-at-top
 from estimators import run_loop  # pylint: disable=g-import-not-at-top
+from estimators.protoattend import model_fn as model_fn_lib  # pylint: disable=g-import-not-at-top
 from input_fns import throughput  # pylint: disable=g-import-not-at-top
 
 MODEL_NAME = "protoattend"
 ASCEND_PORT_ACCURACY = 0.9381  # ModelZoo ProtoAttend_ID2040, GPU and NPU "Val Accuracy"
 HUAWEI_DECAYS_PER_RUN = 50  # num_steps / decay_every = 100000 / 2000 (upstream 400000 / 8000)
-DEFAULT_MAX_STEPS = 44000
 AUTO_PRECISION_MODE = "allow_mix_precision"
+RECIPE_LEARNING_RATE = 1e-3
+RECIPE_WARMUP_STEPS = 500  # about one epoch
 # Model / run-loop flags this benchmark sets unless given on the command line (CHOICES: why).
 MODEL_FLAG_DEFAULTS = {"in_batch_candidates": "--in_batch_candidates",
-                       "log_step_count_steps": "--log_step_count_steps=500"}
+                       "log_step_count_steps": "--log_step_count_steps=500",
+                       "lr_schedule": "--lr_schedule=cosine",
+                       "warmup_steps": "--warmup_steps=%d" % RECIPE_WARMUP_STEPS,
+                       "init_learning_rate": "--init_learning_rate=%g" % RECIPE_LEARNING_RATE}
 CHOICES = {
     "in_batch_candidates": (
         "True: each query attends to the other 127 queries of its batch instead of 1024 "
@@ -58,24 +68,28 @@ CHOICES = {
         "vs 3.4-4.2 steps/s. The rewrite makes convolutions, dense layers and the "
         "attention-score and weighting matmuls bf16; sparsemax, losses and Adam stay "
         "fp32." % AUTO_PRECISION_MODE),
-    "decay_every": (
-        "Unless given: max_steps / %d, so the exponential schedule keeps the shape of the "
-        "published runs (Huawei 100000 / 2000, upstream 400000 / 8000: the learning rate "
-        "ends at 0.9^50 = 0.5 %% of init_learning_rate) compressed onto the step budget. "
-        "Set --max_steps to what fits into --max_minutes." % HUAWEI_DECAYS_PER_RUN),
+    "schedule": (
+        "Unless given: --lr_schedule=cosine --warmup_steps=%d --init_learning_rate=%g. "
+        "The published exponential decay compressed onto a short run (0.9 every "
+        "max_steps / 50 steps) halves the rate by 13 %% of the run and leaves most steps "
+        "at a few %% of it; the cosine keeps it high for longer. Measured at 5,000 steps "
+        "(TF 2.15 bf16, 2026-12-03): exponential 90.40 %% (its 6,000-step schedule cut at "
+        "5,041 by time), cosine 1e-3 91.29 %%, cosine "
+        "2e-3 with 250 warm-up steps 91.07 %%. The warm-up lets --max_steps=0 time the "
+        "run before the length matters." % (RECIPE_WARMUP_STEPS, RECIPE_LEARNING_RATE)),
     "max_steps": (
-        "Default %d: what in-batch bf16 training does in about 90 of the 100 minutes "
-        "on 2 idle cores with TF 2.15 (8.6 steps/s measured, 0.20 CPU-seconds per "
-        "step; TF 1.15 fp32 2.0 steps/s), so the schedule completes inside the budget: "
-        "pass what fits for another stack, precision or load."
-        % DEFAULT_MAX_STEPS),
+        "Default 0: fitted to --max_minutes after the warm-up (see the module docstring), "
+        "so the cosine ends inside the budget on any machine or load; this 2-core "
+        "machine ran 5.3-8.6 steps/s on different days (TF 2.15 bf16), TF 1.15 fp32 2.0. "
+        "decay_every (the exponential schedule's) is max_steps / %d unless given, the "
+        "published runs' shape (Huawei 100000 / 2000)." % HUAWEI_DECAYS_PER_RUN),
     "evaluation": (
         "Whole test set (10000) plus 1797 OOD digits, eval_cand_size candidates; "
         "'accuracy' is the prototype accuracy, the figure behind the Ascend port's "
         "93.81 %."),
     "unchanged": (
-        "Huawei defaults for everything else: batch 128, Adam 1e-3, decay_rate 0.9, "
-        "sparsemax, gradient clip 20, ResNet-32, eval_cand_size 1024, seed 1."),
+        "Huawei defaults for everything else: batch 128, Adam, gradient clip 20, "
+        "sparsemax, ResNet-32, weight decay 0, eval_cand_size 1024, seed 1."),
 }
 RUN_SETTINGS = ("train_batch_size", "eval_batch_size", "eval_steps", "tf_random_seed",
                 "loss_scale", "save_summary_steps", "log_step_count_steps", "intra_op_threads",
@@ -88,13 +102,17 @@ CURVE_METRICS = dict(  # curve point key: its evaluation result
 # The README's run before issue 16 (TF 2.15, bf16, in-batch, 44,000 steps, weight decay 0):
 # best 93.06 % after 63 min, 8.6 steps/s.
 ISSUE_16_BEFORE = {"best_accuracy_prototypes": 0.9306, "steps_per_sec_steady": 8.6}
+# --max_steps=0: the training length during the warm-up chunk (its learning rate does not
+# depend on it), and the share of the remaining minutes left free for the machine's drift.
+PLACEHOLDER_MAX_STEPS = 10**9
+FIT_MARGIN = 0.03
 # Written to the model_dir after each chunk: what --resume continues from.
 PROGRESS_FILE = "benchmark_progress.json"
 OPTIONS = (  # (name, default, help[, valid]) of the benchmark's own options
-    ("max_minutes", 100.0, "Stop after this much training wall time (evaluations "
+    ("max_minutes", 60.0, "Stop after this much training wall time (evaluations "
      "excluded).", registry.POSITIVE),
-    ("max_steps", DEFAULT_MAX_STEPS, "Stop at this global step (also scales decay_every).",
-     registry.POSITIVE),
+    ("max_steps", 0, "The run's length in steps (the learning-rate schedule's too); 0: "
+     "what fits into --max_minutes at the speed of the warm-up.", registry.NON_NEGATIVE),
     ("eval_every_steps", 4000, "Training steps per chunk.", registry.POSITIVE),
     ("eval_every_minutes", 0.0, "Training minutes per chunk (0: chunks by steps only).",
      registry.NON_NEGATIVE),
@@ -132,17 +150,23 @@ def given_flag_names(model_argv):
   return names | {name[2:] for name in names if name.startswith("no")}
 
 
+def decay_every_for(max_steps, args):
+  return max(1, int(round(max_steps / args.decays_per_run)))
+
+
 def build_model_argv(args, model_argv, model_dir):
-  """The model flags: the user's, plus this benchmark's defaults where not given."""
+  """The model flags: the user's, plus this benchmark's defaults where not given. With
+  --max_steps=0 the training length is a placeholder until fit_max_steps replaces it."""
   given = given_flag_names(model_argv)
   for alias in ("train_steps", "num_steps"):
     if alias in given:
       raise SystemExit("error: --%s: use the benchmark's --max_steps" % alias)
   extra = [arg for name, arg in sorted(MODEL_FLAG_DEFAULTS.items()) if name not in given]
-  extra.append("--train_steps=%d" % args.max_steps)
+  max_steps = args.max_steps or PLACEHOLDER_MAX_STEPS
+  extra.append("--train_steps=%d" % max_steps)
   decay_source = "flag"
   if "decay_every" not in given:
-    extra.append("--decay_every=%d" % max(1, int(round(args.max_steps / args.decays_per_run))))
+    extra.append("--decay_every=%d" % decay_every_for(max_steps, args))
     decay_source = "max_steps / decays_per_run"
   if "model_dir" not in given and "train_url" not in given:
     extra.append("--model_dir=%s" % model_dir)
@@ -150,7 +174,9 @@ def build_model_argv(args, model_argv, model_dir):
 
 
 def learning_rate_at(step, config):
-  return config.init_learning_rate * config.decay_rate ** (step / float(config.decay_every))
+  """The model_fn's learning rate at `step`, evaluated in a throwaway graph."""
+  with tf.Graph().as_default(), tf.Session() as session:
+    return float(session.run(model_fn_lib.learning_rate(step, config)))
 
 
 def curve_point(results, config, totals, eval_seconds, start):
@@ -189,13 +215,16 @@ def run(args, model_argv):
     full_argv, decay_source = build_model_argv(args, model_argv, temp_model_dir)
     with common.Stopwatch() as preparation:
       runner, full_argv, precision_source = prepare(full_argv, model_argv)
-    config = runner.config
-    progress = earlier_progress(args, config)
-    input_rate = input_pipeline_rate(runner.model.input_fn(config, "train"),
-                                     config.train_batch_size, args.input_batches)
+    if not args.max_steps and not runner.config.warmup_steps:
+      raise SystemExit("error: --max_steps=0 fits the run to --max_minutes after the "
+                       "warm-up: give --warmup_steps > 0, or --max_steps")
+    progress = earlier_progress(args, runner, decay_source)
+    input_rate = input_pipeline_rate(runner.model.input_fn(runner.config, "train"),
+                                     runner.config.train_batch_size, args.input_batches)
     result["matmul_peak_gflops"] = common.matmul_peaks()
-    result.update(report(args, config, *train_in_chunks(args, runner, start, progress),
-                         start=start))
+    trained = train_in_chunks(args, runner, start, decay_source, progress)
+    config = runner.config
+    result.update(report(args, config, *trained, start=start))
     if progress:
       result["resumed_at_step"] = progress["step"]
   finally:
@@ -229,14 +258,17 @@ def prepare(full_argv, model_argv):
     raise SystemExit("error: %s" % e)
 
 
-def schedule_of(args, config):
-  return {"max_steps": args.max_steps, "decay_every": config.decay_every,
-          "init_learning_rate": config.init_learning_rate, "decay_rate": config.decay_rate}
+def schedule_of(config):
+  return {"max_steps": config.train_steps, "decay_every": config.decay_every,
+          "init_learning_rate": config.init_learning_rate, "decay_rate": config.decay_rate,
+          "lr_schedule": config.lr_schedule, "warmup_steps": config.warmup_steps}
 
 
-def earlier_progress(args, config):
+def earlier_progress(args, runner, decay_source):
   """What --resume continues from (None for a fresh run); one line when the model_dir
-  holds checkpoints of no resumable run, or of a run with another schedule."""
+  holds checkpoints of no resumable run, or of a run with another schedule. With
+  --max_steps=0 the run's length is the one fitted when it began (runner.config)."""
+  config = runner.config
   checkpoint = tf.train.latest_checkpoint(config.model_dir)
   path = os.path.join(config.model_dir, PROGRESS_FILE)
   if not checkpoint:
@@ -249,35 +281,72 @@ def earlier_progress(args, config):
                      "run's)" % path)
   with open(path) as f:
     progress = json.load(f)
-  if progress["schedule"] != schedule_of(args, config):
+  if not args.max_steps:
+    config = with_max_steps(config, progress["schedule"]["max_steps"], args, decay_source)
+  if progress["schedule"] != schedule_of(config):
     raise SystemExit("error: --resume: %s was run with %s, this run asks for %s"
-                     % (path, progress["schedule"], schedule_of(args, config)))
+                     % (path, progress["schedule"], schedule_of(config)))
+  runner.config = config
   return progress
 
 
 def save_progress(args, config, curve, totals, step):
   path = os.path.join(config.model_dir, PROGRESS_FILE)
   with open(path + ".tmp", "w") as f:
-    json.dump({"schedule": schedule_of(args, config), "curve": curve, "totals": totals,
+    json.dump({"schedule": schedule_of(config), "curve": curve, "totals": totals,
                "step": step}, f)
   os.replace(path + ".tmp", path)  # a run killed while writing keeps the previous file
 
 
-def train_in_chunks(args, runner, start, progress=None):
+def with_max_steps(config, max_steps, args, decay_source):
+  """`config` training to `max_steps` (decay_every rescaled unless given)."""
+  changes = {"train_steps": max_steps}
+  if decay_source != "flag":
+    changes["decay_every"] = decay_every_for(max_steps, args)
+  return config.replace(**changes)
+
+
+def fit_max_steps(args, totals, step):
+  """The global step the run reaches within --max_minutes, from the chunks so far: their
+  per-step seconds (hooks included) over the training seconds left, less the fixed cost
+  of each chunk still to come (graph build, session, first step, checkpoint) and a
+  FIT_MARGIN for the machine's drift."""
+  fixed = sum(totals[key] for key in ("graph_build", "session_setup_and_restore",
+                                      "first_step", "final_checkpoint_save"))
+  steady_steps = totals["steps"] - totals["chunks"]
+  if steady_steps < 1:
+    raise SystemExit("error: --max_steps=0: the warm-up (--warmup_steps=%d) is too short "
+                     "to time; give at least 2 steps" % step)
+  steps_per_sec = steady_steps / (totals["train_wall"] - fixed)
+  seconds_left = (1.0 - FIT_MARGIN) * (args.max_minutes * 60.0 - totals["train_wall"])
+  chunks_left = math.ceil(steps_per_sec * seconds_left / args.eval_every_steps)
+  if args.eval_every_minutes:
+    chunks_left = max(chunks_left, math.ceil(seconds_left / (60.0 * args.eval_every_minutes)))
+  chunk_cost = fixed / totals["chunks"]
+  return step + max(0, int(steps_per_sec * (seconds_left - chunks_left * chunk_cost)))
+
+
+def train_in_chunks(args, runner, start, decay_source, progress=None):
   """Trains chunk by chunk, evaluating after each (from `progress` when resuming); returns
-  the curve, the chunks' summed figures (collections.Counter) and the last global step."""
+  the curve, the chunks' summed figures (collections.Counter) and the last global step.
+  With --max_steps=0 the first chunk is the warm-up, whose learning rate does not depend
+  on the run's length; its speed then fixes the length (runner.config.train_steps), which
+  every later chunk's graph reads."""
   budget = args.max_minutes * 60.0
   totals, curve, step = collections.Counter(), [], 0
   if progress:
     totals.update(progress["totals"])
     curve, step = progress["curve"], progress["step"]
-  while step < args.max_steps and totals["train_wall"] < budget:
+  fitting = not args.max_steps and not progress
+  while step < runner.config.train_steps and totals["train_wall"] < budget:
     chunk_start = time.time()
     deadline = chunk_start + budget - totals["train_wall"]
     if args.eval_every_minutes:
       deadline = min(deadline, chunk_start + 60.0 * args.eval_every_minutes)
     timer = common.StepTimer(deadline=deadline)
-    runner.train(min(step + args.eval_every_steps, args.max_steps), extra_hooks=[timer])
+    target = min(step + args.eval_every_steps, runner.config.train_steps)
+    runner.train(min(target, runner.config.warmup_steps) if fitting else target,
+                 extra_hooks=[timer])
     totals.update(timer.totals(chunk_start, time.time()))
     with common.Stopwatch() as evaluation:
       results = runner.evaluate()
@@ -288,6 +357,13 @@ def train_in_chunks(args, runner, start, progress=None):
     if point["global_step"] <= step:
       break  # no progress (e.g. every step skipped): stop instead of looping
     step = point["global_step"]
+    if fitting:
+      runner.config = with_max_steps(runner.config, fit_max_steps(args, totals, step), args,
+                                     decay_source)
+      fitting = False
+      sys.stderr.write("protoattend bench: --max_steps=0: training to step %d, what fits "
+                       "into --max_minutes=%g at the warm-up's speed\n"
+                       % (runner.config.train_steps, args.max_minutes))
     save_progress(args, runner.config, curve, totals, step)
   return curve, totals, step
 
@@ -312,7 +388,7 @@ def report(args, config, curve, totals, step, start):
       "first_reaching_target": milestone(next((point for point in curve if point.get(
           "accuracy_prototypes", 0.0) >= args.target_accuracy), None), "accuracy_prototypes"),
       "target_accuracy": args.target_accuracy,
-      "stopped_by": ("max_steps" if step >= args.max_steps else "max_minutes"
+      "stopped_by": ("max_steps" if step >= config.train_steps else "max_minutes"
                      if totals["train_wall"] >= args.max_minutes * 60.0 else "no_progress"),
       "timing": dict({key + "_seconds": round(totals[key], 2) for key in (
           "train_wall", "train_step", "eval")}, **{
@@ -374,13 +450,15 @@ def rate(count, seconds):
 def settings(args, config, decay_source, precision_source, full_argv):
   """The benchmark's options and the run's values."""
   out = {name: getattr(args, name) for name in (
-      "max_minutes", "max_steps", "eval_every_steps", "eval_every_minutes", "decays_per_run")}
+      "max_minutes", "eval_every_steps", "eval_every_minutes", "decays_per_run")}
+  out["max_steps"] = config.train_steps
+  out["max_steps_source"] = "flag" if args.max_steps else "fitted to max_minutes"
   # The Config's value, else the flag's (the RunConfig's options, the precision mode).
   out.update((name, config.get(name, flags.FLAGS[name].value)) for name in RUN_SETTINGS)
   return dict(out, decay_every_source=decay_source, precision_mode_source=precision_source,
               model_argv=full_argv, model_params=dict(config), device=config.device,
               compute_dtype=config.compute_dtype,
-              final_learning_rate=learning_rate_at(args.max_steps, config))
+              final_learning_rate=learning_rate_at(config.train_steps, config))
 
 
 def main(argv=None):

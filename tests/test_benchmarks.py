@@ -1,5 +1,8 @@
 """Benchmark scripts run end to end on a tiny budget and print the JSON they promise."""
+import argparse
+import collections
 import json
+import math
 import os
 import subprocess
 import sys
@@ -13,12 +16,12 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def run_tiny_protoattend_benchmark(shared_data, tmp_path, *flags):
   """benchmarks/protoattend.py on real Fashion-MNIST with a tiny network and budget (6
-  steps, an evaluation every 3); skips the test when the data is missing."""
+  steps, 2 of warm-up, an evaluation every 3); skips the test when the data is missing."""
   data_dir = os.path.join(shared_data, "fashion_mnist")
   if not fashion_mnist.has_idx_files(data_dir):
     pytest.skip("Fashion-MNIST IDX files not found in " + data_dir)
   command = [sys.executable, os.path.join(REPO, "benchmarks", "protoattend.py"),
-             "--max_steps=6", "--eval_every_steps=3",
+             "--max_steps=6", "--eval_every_steps=3", "--warmup_steps=2",
              "--data_dir=%s" % data_dir, "--tfrecord_dir=%s" % (tmp_path / "tfrecords"),
              "--resnet_depth=8", "--train_batch_size=16", "--eval_batch_size=100",
              "--eval_steps=1", "--eval_cand_size=32"] + list(flags)
@@ -47,6 +50,10 @@ def test_protoattend_benchmark_prints_its_curve(shared_data, tmp_path):
   assert params["resnet_depth"] == 8
   assert params["in_batch_candidates"] is True
   assert params["decay_every"] == 1  # max_steps / 50, at least 1
+  assert (params["lr_schedule"], params["warmup_steps"]) == ("cosine", 2)
+  assert printed["curve"][0]["learning_rate"] == pytest.approx(
+      1e-3 * (1 + math.cos(math.pi * 3 / 6)) / 2)
+  assert printed["settings"]["final_learning_rate"] == 0.0
   assert printed["data"]["eval_examples_per_evaluation"] == 100
   assert printed["timing"]["input_pipeline_examples_per_sec"] > 0
   assert printed["matmul_peak_gflops"]["float32"] > 0
@@ -81,6 +88,50 @@ def test_protoattend_benchmark_resumes_a_stopped_run(shared_data, tmp_path):
   assert [point["global_step"] for point in printed["curve"]] == [1, 4, 6]
   assert printed["stopped_by"] == "max_steps"
   assert printed["timing"]["chunks"] == 3
+
+
+def test_protoattend_benchmark_fits_the_run_into_its_minutes():
+  from benchmarks import protoattend  # pylint: disable=g-import-not-at-top
+  args = argparse.Namespace(max_minutes=10.0, eval_every_steps=1000, eval_every_minutes=0.0)
+  totals = collections.Counter(train_wall=60.0, steps=500, chunks=1, graph_build=4.0,
+                               session_setup_and_restore=3.0, first_step=2.0,
+                               final_checkpoint_save=1.0)
+  # 499 steps in the 50 s besides the chunk's 10 s fixed cost: 9.98 steps/s. Of the 540 s
+  # left, 97 % (523.8 s) hold ceil(9.98 * 523.8 / 1000) = 6 more chunks costing 10 s each.
+  assert protoattend.fit_max_steps(args, totals, 500) == 500 + int(9.98 * (523.8 - 60.0))
+  args.eval_every_minutes = 0.5  # 18 chunks of half a minute
+  assert protoattend.fit_max_steps(args, totals, 500) == 500 + int(9.98 * (523.8 - 180.0))
+  args.max_minutes = 1.1  # 5.8 s left: less than the fixed cost of another chunk
+  assert protoattend.fit_max_steps(args, totals, 500) == 500
+  with pytest.raises(SystemExit, match="too short to time"):
+    protoattend.fit_max_steps(args, dict(totals, steps=1), 1)
+
+
+@pytest.mark.slow
+def test_protoattend_benchmark_fits_its_length_after_the_warmup(shared_data, tmp_path):
+  refused = run_tiny_protoattend_benchmark(shared_data, tmp_path, "--max_steps=0",
+                                           "--warmup_steps=0")
+  assert refused.returncode != 0 and "give --warmup_steps > 0" in refused.stderr
+  fitted_run = ("--max_steps=0", "--warmup_steps=3", "--max_minutes=1",
+                "--eval_every_steps=1000", "--input_batches=0",
+                "--model_dir=%s" % (tmp_path / "model"))
+  completed = run_tiny_protoattend_benchmark(shared_data, tmp_path, *fitted_run)
+  assert completed.returncode == 0, completed.stderr[-3000:]
+  printed = json.loads(completed.stdout.strip().splitlines()[-1])
+  settings = printed["settings"]
+  assert settings["max_steps_source"] == "fitted to max_minutes"
+  assert settings["model_params"]["train_steps"] == settings["max_steps"] > 3
+  assert printed["curve"][0]["global_step"] == 3  # the warm-up chunk
+  assert printed["curve"][0]["learning_rate"] == pytest.approx(1e-3)
+  assert printed["curve"][-1]["global_step"] <= settings["max_steps"]
+  assert "training to step %d" % settings["max_steps"] in completed.stderr
+
+  # Resumed, the run keeps the length fitted when it began (nothing is left to train).
+  resumed = run_tiny_protoattend_benchmark(shared_data, tmp_path, "--resume", *fitted_run)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  again = json.loads(resumed.stdout.strip().splitlines()[-1])
+  assert again["settings"]["max_steps"] == settings["max_steps"]
+  assert again["curve"] == printed["curve"]
 
 
 def _node(name, label, micros):

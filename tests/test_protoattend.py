@@ -27,7 +27,8 @@ DATA_DIR = os.path.join(data_root(), "fashion_mnist")
 TINY = dict(img_size=28, num_classes=10, normalization="sparsemax", attention_dim=16,
             val_dim=64, final_units=256, epsilon_sparsity=1e-6, sparsity_weight=1e-4,
             alpha_intermediate=0.5, init_learning_rate=1e-3, decay_every=2000,
-            decay_rate=0.9, gradient_thresh=20.0, example_cand_size=16, eval_cand_size=16,
+            decay_rate=0.9, lr_schedule="exponential", warmup_steps=0, train_steps=100,
+            gradient_thresh=20.0, example_cand_size=16, eval_cand_size=16,
             resnet_depth=8, weight_decay=0.0, top_k_prototypes=3, ood_eval=True,
             in_batch_candidates=False)
 
@@ -726,6 +727,34 @@ def test_learning_rate_summary_is_tagged_learning_rate():
     model_fn_lib.model_fn(features, tf.constant(rng.randint(0, 10, 4), tf.int32),
                           tf.estimator.ModeKeys.TRAIN, TINY)
     assert "learning_rate" in conftest.scalar_summary_tags(graph)
+
+
+def test_learning_rate_schedules():
+  def rates(steps, **changes):
+    config = dict(TINY, **changes)
+    with tf.Graph().as_default():
+      return _run([model_fn_lib.learning_rate(step, config) for step in steps])
+
+  # Upstream's continuous exponential decay: 1e-3 * 0.9 ** (step / 2000).
+  np.testing.assert_allclose(rates([0, 1000, 4000]), [1e-3, 1e-3 * 0.9 ** 0.5, 8.1e-4],
+                             rtol=1e-6)
+  np.testing.assert_allclose(
+      rates([0, 25, 50, 100, 150], lr_schedule="cosine", train_steps=100),
+      [1e-3, 1e-3 * (1 + np.cos(np.pi / 4)) / 2, 5e-4, 0.0, 0.0], rtol=1e-6, atol=1e-12)
+  np.testing.assert_allclose(
+      rates([0, 5, 10, 55], lr_schedule="cosine", train_steps=100, warmup_steps=10),
+      [0.0, 5e-4, 1e-3 * (1 + np.cos(np.pi * 0.1)) / 2, 1e-3 * (1 + np.cos(np.pi * 0.55)) / 2],
+      rtol=1e-6, atol=1e-12)
+
+
+def test_warmup_must_end_before_training_does(synthetic):
+  with pytest.raises(ValueError, match="--warmup_steps=500 must be smaller than the 500 "
+                     "training steps"):
+    configured("--data_dir=%s" % synthetic[1], "--eval_cand_size=64", "--train_steps=500",
+               "--warmup_steps=500", "--lr_schedule=cosine")
+  _, config = configured("--data_dir=%s" % synthetic[1], "--eval_cand_size=64",
+                         "--train_steps=500", "--warmup_steps=499", "--lr_schedule=cosine")
+  assert (config.lr_schedule, config.warmup_steps) == ("cosine", 499)
 
 
 def test_model_is_registered():

@@ -31,6 +31,7 @@ decays over the run). eval_cand_size 1024 (not 32768) keeps evaluation affordabl
 eval step re-encodes the candidate database.
 
 Additions: in_batch_candidates (train with the query batch as candidates, see model_fn),
+lr_schedule and warmup_steps (a cosine schedule with warm-up for short runs),
 resnet_depth (upstream's hard-coded depth=32), weight_decay (default 0: the
 upstream L2 regulariser is built but never added to the loss), top_k_prototypes
 (prediction output), eval_cand_seed (which training images form the fixed evaluation
@@ -55,7 +56,8 @@ from input_fns import data_root
 from input_fns import fashion_mnist
 from preprocessing import pad_crop_flip
 
-TFRECORD_CACHE = "fashion_mnist_tfrecords"  # default cache folder, inside --model_dir
+TFRECORD_CACHE = "fashion_mnist_tfrecords"
+LR_SCHEDULES = ("exponential", "cosine")  # default cache folder, inside --model_dir
 
 MODEL_FLAGS = (
     registry.Flag("img_size", "integer", fashion_mnist.IMAGE_SIZE,
@@ -74,8 +76,14 @@ MODEL_FLAGS = (
     registry.Flag("alpha_intermediate", "float", 0.5,
                   "Mix of prototype-weighted values in the joint loss.",
                   registry.within(0.0, 1.0)),
-    registry.Flag("init_learning_rate", "float", 0.001, "Initial Adam learning rate.",
+    registry.Flag("init_learning_rate", "float", 0.001, "Initial (peak) Adam learning rate.",
                   registry.POSITIVE),
+    registry.Flag("lr_schedule", "enum", "exponential", "exponential (decay_rate every "
+                  "decay_every steps, continuous; upstream) or cosine (to 0 at the last "
+                  "training step).", LR_SCHEDULES),
+    registry.Flag("warmup_steps", "integer", 0, "Linear warm-up from 0 to "
+                  "init_learning_rate over this many steps (upstream: none).",
+                  registry.NON_NEGATIVE),
     registry.Flag("decay_every", "integer", 2000, "Steps per factor decay_rate (continuous).",
                   registry.POSITIVE),
     registry.Flag("decay_rate", "float", 0.9, "Learning-rate decay factor.",
@@ -199,11 +207,14 @@ class ProtoAttend(registry.Model):
                      "(queries are the candidates)" % run.train_batch_size)
     eval_examples = counts["test"] + counts.get("ood", 0)
     one_pass = int(math.ceil(eval_examples / float(run.eval_batch_size)))
-    return run.replace(
-        train_steps=registry.train_steps(
-            flag_values, lambda: counts["train"] / float(run.train_batch_size),
-            self.run_flag_defaults["train_steps"]),
-        eval_steps=run.eval_steps or one_pass, **values)
+    train_steps = registry.train_steps(
+        flag_values, lambda: counts["train"] / float(run.train_batch_size),
+        self.run_flag_defaults["train_steps"])
+    registry.require(values["warmup_steps"] < train_steps,
+                     "--warmup_steps=%d must be smaller than the %d training steps"
+                     % (values["warmup_steps"], train_steps))
+    return run.replace(train_steps=train_steps, eval_steps=run.eval_steps or one_pass,
+                       **values)
 
   def check_inputs(self, config):
     """Builds the TFRecord cache now (or finds it up to date), so that a malformed IDX file

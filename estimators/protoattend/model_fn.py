@@ -6,8 +6,10 @@ Training loss (upstream `main_protoattend.py`):
   + CE(classify((1 - a) own + a weighted)), a = alpha_intermediate  "joint"
   + sparsity_weight * (mean attention entropy - log(eps + number of candidates))
   [+ weight_decay L2, only when --weight_decay > 0; upstream builds it but never adds it]
-Adam on tf.train.exponential_decay(init_lr, step, decay_every, decay_rate) (continuous),
-gradients clipped by value to +-gradient_thresh, UPDATE_OPS as control dependencies.
+Adam on tf.train.exponential_decay(init_lr, step, decay_every, decay_rate) (continuous;
+--lr_schedule=cosine instead decays init_lr to 0 over the run's train_steps), after
+--warmup_steps of linear warm-up (default 0, as upstream), gradients clipped by value to
++-gradient_thresh, UPDATE_OPS as control dependencies.
 
 Queries and candidates go through the encoder as ONE concatenated batch (upstream: two
 calls; `network.encode`, not the query-only `network.build`, see network.py). It halves
@@ -204,13 +206,23 @@ def total_loss(outputs, labels, config, example_weights):
   return loss, terms
 
 
+def learning_rate(global_step, config):
+  """The learning rate at `global_step` (a tensor or a number) under --lr_schedule."""
+  if config["lr_schedule"] == "cosine":
+    return schedules.learning_rate(global_step, "cosine", config["init_learning_rate"],
+                                   total_steps=config["train_steps"],
+                                   warmup_steps=config["warmup_steps"])
+  return schedules.learning_rate(
+      global_step, "exponential", config["init_learning_rate"],
+      decay_steps=config["decay_every"], decay_rate=config["decay_rate"], staircase=False,
+      warmup_steps=config["warmup_steps"])
+
+
 def _train_op(loss, config):
   global_step = tf.train.get_or_create_global_step()
-  learning_rate = schedules.learning_rate(
-      global_step, "exponential", config["init_learning_rate"],
-      decay_steps=config["decay_every"], decay_rate=config["decay_rate"], staircase=False)
-  tf.summary.scalar("learning_rate", learning_rate)
-  optimizer = optimizers.wrap_optimizer(tf.train.AdamOptimizer(learning_rate), config)
+  learning_rate_value = learning_rate(global_step, config)
+  tf.summary.scalar("learning_rate", learning_rate_value)
+  optimizer = optimizers.wrap_optimizer(tf.train.AdamOptimizer(learning_rate_value), config)
   thresh = float(config["gradient_thresh"])
   grads_and_vars = optimizer.compute_gradients(loss)
   clipped = [(tf.clip_by_value(g, -thresh, thresh), v) for g, v in grads_and_vars
