@@ -56,8 +56,8 @@ from input_fns import data_root
 from input_fns import fashion_mnist
 from preprocessing import pad_crop_flip
 
-TFRECORD_CACHE = "fashion_mnist_tfrecords"
-LR_SCHEDULES = ("exponential", "cosine")  # default cache folder, inside --model_dir
+TFRECORD_CACHE = "fashion_mnist_tfrecords"  # default cache folder, inside --model_dir
+LR_SCHEDULES = ("exponential", "cosine")
 
 MODEL_FLAGS = (
     registry.Flag("img_size", "integer", fashion_mnist.IMAGE_SIZE,
