@@ -218,7 +218,7 @@ def run(args, model_argv):
     if not args.max_steps and not runner.config.warmup_steps:
       raise SystemExit("error: --max_steps=0 fits the run to --max_minutes after the "
                        "warm-up: give --warmup_steps > 0, or --max_steps")
-    progress = earlier_progress(args, runner, decay_source)
+    progress, runner.config = earlier_progress(args, runner.config, decay_source)
     input_rate = input_pipeline_rate(runner.model.input_fn(runner.config, "train"),
                                      runner.config.train_batch_size, args.input_batches)
     result["matmul_peak_gflops"] = common.matmul_peaks()
@@ -264,15 +264,14 @@ def schedule_of(config):
           "lr_schedule": config.lr_schedule, "warmup_steps": config.warmup_steps}
 
 
-def earlier_progress(args, runner, decay_source):
-  """What --resume continues from (None for a fresh run); one line when the model_dir
-  holds checkpoints of no resumable run, or of a run with another schedule. With
-  --max_steps=0 the run's length is the one fitted when it began (runner.config)."""
-  config = runner.config
+def earlier_progress(args, config, decay_source):
+  """(what --resume continues from, None for a fresh run; the Config to train with: with
+  --max_steps=0 its length is the one fitted when the run began); one line when the
+  model_dir holds checkpoints of no resumable run, or of a run with another schedule."""
   checkpoint = tf.train.latest_checkpoint(config.model_dir)
   path = os.path.join(config.model_dir, PROGRESS_FILE)
   if not checkpoint:
-    return None
+    return None, config
   if not args.resume:
     raise SystemExit("error: --model_dir=%s already holds a checkpoint; the benchmark "
                      "trains from scratch unless --resume" % config.model_dir)
@@ -286,8 +285,7 @@ def earlier_progress(args, runner, decay_source):
   if progress["schedule"] != schedule_of(config):
     raise SystemExit("error: --resume: %s was run with %s, this run asks for %s"
                      % (path, progress["schedule"], schedule_of(config)))
-  runner.config = config
-  return progress
+  return progress, config
 
 
 def save_progress(args, config, curve, totals, step):
