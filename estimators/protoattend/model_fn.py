@@ -6,7 +6,8 @@ Training loss (upstream `main_protoattend.py`):
   + CE(classify((1 - a) own + a weighted)), a = alpha_intermediate  "joint"
   + sparsity_weight * (mean attention entropy - log(eps + number of candidates))
   [+ weight_decay L2, only when --weight_decay > 0; upstream builds it but never adds it]
-Adam on tf.train.exponential_decay(init_lr, step, decay_every, decay_rate) (continuous;
+Adam (--optimizer=adamw: with decoupled weight decay instead of the L2 term) on
+tf.train.exponential_decay(init_lr, step, decay_every, decay_rate) (continuous;
 --lr_schedule=cosine instead decays init_lr to 0 over the run's train_steps), after
 --warmup_steps of linear warm-up (default 0, as upstream), gradients clipped by value to
 +-gradient_thresh, UPDATE_OPS as control dependencies.
@@ -200,7 +201,7 @@ def total_loss(outputs, labels, config, example_weights):
   }
   loss = (terms["self"] + terms["prototypes"] + terms["joint"]
           + config["sparsity_weight"] * terms["sparsity"])
-  if config["weight_decay"] > 0:
+  if network.l2_weight_decay(config) > 0:
     terms["weight_decay"] = layers.l2_regularization_loss()
     loss += terms["weight_decay"]
   return loss, terms
@@ -218,11 +219,48 @@ def learning_rate(global_step, config):
       warmup_steps=config["warmup_steps"])
 
 
+class AdamWOptimizer(tf.train.AdamOptimizer):
+  """Adam with decoupled weight decay (Loshchilov & Hutter, arXiv 1711.05101; the rule of
+  Keras' and PyTorch's AdamW): before Adam's update, every kernel (conv and dense weights;
+  not biases or normalisation parameters) shrinks by learning_rate * weight_decay * itself.
+
+  The decay runs inside the per-variable update, as tf.contrib.opt's
+  DecoupledWeightDecayExtension does (TF 1.15 only), so it takes part in whatever
+  distribution or loss-scaling wrapper applies the gradients.
+  """
+
+  def __init__(self, learning_rate, weight_decay):
+    super(AdamWOptimizer, self).__init__(learning_rate)
+    self._weight_decay = weight_decay
+
+  def _decayed(self, var, apply_update):
+    if "/kernel" not in var.name:
+      return apply_update()
+    rate = tf.cast(self._lr_t * self._weight_decay, var.dtype.base_dtype)
+    with tf.control_dependencies([tf.assign_sub(var, rate * var)]):
+      return apply_update()
+
+  def _apply_dense(self, grad, var):
+    parent = super(AdamWOptimizer, self)
+    return self._decayed(var, lambda: parent._apply_dense(grad, var))
+
+  def _resource_apply_dense(self, grad, var):
+    parent = super(AdamWOptimizer, self)
+    return self._decayed(var, lambda: parent._resource_apply_dense(grad, var))
+
+
+def make_optimizer(learning_rate_value, config):
+  """--optimizer: upstream's Adam, or Adam with decoupled --weight_decay."""
+  if config["optimizer"] == "adamw":
+    return AdamWOptimizer(learning_rate_value, config["weight_decay"])
+  return tf.train.AdamOptimizer(learning_rate_value)
+
+
 def _train_op(loss, config):
   global_step = tf.train.get_or_create_global_step()
   learning_rate_value = learning_rate(global_step, config)
   tf.summary.scalar("learning_rate", learning_rate_value)
-  optimizer = optimizers.wrap_optimizer(tf.train.AdamOptimizer(learning_rate_value), config)
+  optimizer = optimizers.wrap_optimizer(make_optimizer(learning_rate_value, config), config)
   thresh = float(config["gradient_thresh"])
   grads_and_vars = optimizer.compute_gradients(loss)
   clipped = [(tf.clip_by_value(g, -thresh, thresh), v) for g, v in grads_and_vars
