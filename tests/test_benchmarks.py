@@ -51,7 +51,7 @@ def test_protoattend_benchmark_prints_its_curve(shared_data, tmp_path):
   assert params["in_batch_candidates"] is True
   assert params["decay_every"] == 1  # max_steps / 50, at least 1
   assert (params["lr_schedule"], params["warmup_steps"]) == ("cosine", 2)
-  assert (params["optimizer"], params["weight_decay"]) == ("adamw", 0.05)
+  assert (params["decoupled_weight_decay"], params["weight_decay"]) == (True, 0.05)
   assert printed["curve"][0]["learning_rate"] == pytest.approx(
       1e-3 * (1 + math.cos(math.pi * 3 / 6)) / 2)
   assert printed["settings"]["final_learning_rate"] == 0.0

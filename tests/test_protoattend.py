@@ -30,7 +30,7 @@ TINY = dict(img_size=28, num_classes=10, normalization="sparsemax", attention_di
             decay_rate=0.9, lr_schedule="exponential", warmup_steps=0, train_steps=100,
             gradient_thresh=20.0, example_cand_size=16, eval_cand_size=16,
             resnet_depth=8, weight_decay=0.0, top_k_prototypes=3, ood_eval=True,
-            in_batch_candidates=False, optimizer="adam")
+            in_batch_candidates=False, decoupled_weight_decay=False)
 
 
 def _run(tensors, feed=None):
@@ -634,7 +634,7 @@ def test_flags_defaults_aliases_and_validation(synthetic):
                   decay_every=2000, decay_rate=0.9, gradient_thresh=20.0,
                   example_cand_size=1024, img_size=28, num_classes=10, train_steps=100000,
                   log_step_count_steps=500, tf_random_seed=1, train_batch_size=128,
-                  eval_batch_size=1000, optimizer="adam")
+                  eval_batch_size=1000, decoupled_weight_decay=False)
   assert {k: config[k] for k in expected} == expected
   assert run_loop.FLAGS.save_checkpoints_steps == 4000
 
@@ -762,17 +762,17 @@ def test_adamw_decays_kernels_apart_from_the_adam_update():
       np.testing.assert_allclose(sess.run(bias), [2.0, -4.0])
 
 
-@pytest.mark.parametrize("optimizer, l2_term", [("adam", True), ("adamw", False)])
-def test_weight_decay_is_an_l2_term_with_adam_only(optimizer, l2_term):
+@pytest.mark.parametrize("decoupled", [False, True])
+def test_weight_decay_is_an_l2_term_unless_decoupled(decoupled):
   rng = np.random.RandomState(8)
   with tf.Graph().as_default():
     features = _random_features(rng, 4, 16)
-    config = dict(TINY, optimizer=optimizer, weight_decay=2e-4)
+    config = dict(TINY, decoupled_weight_decay=decoupled, weight_decay=2e-4)
     model_fn_lib.model_fn(features, tf.constant(rng.randint(0, 10, 4), tf.int32),
                           tf.estimator.ModeKeys.TRAIN, config)
     assert ("loss/weight_decay" in conftest.scalar_summary_tags(tf.get_default_graph())
-            ) == l2_term
-    assert bool(tf.get_collection(layers.L2_LOSSES)) == l2_term
+            ) == (not decoupled)
+    assert bool(tf.get_collection(layers.L2_LOSSES)) == (not decoupled)
 
 
 def test_warmup_must_end_before_training_does(synthetic):

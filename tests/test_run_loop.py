@@ -126,6 +126,22 @@ def test_a_models_defaults_of_run_loop_flags_do_not_leak_into_the_next_model():
   assert run_loop.prepare("tiny", ["--model_dir=/tmp/unused"]).config.train_batch_size == 32
 
 
+def test_models_that_share_a_flag_name_share_its_parser():
+  # define_flags defines a name once per process, from whichever model comes first (the
+  # tests, tools that load several models), and absl parses it with that definition: each
+  # model then sets its own default and checks its own ranges, but a kind or an enum's
+  # choices cannot differ.
+  def parser(flag):
+    return flag.kind, flag.valid if flag.kind == "enum" else None
+
+  first = {}
+  for model_name in sorted(registry.MODELS):
+    for flag in registry.get(model_name).flags:
+      owner, row = first.setdefault(flag.name, (model_name, flag))
+      assert parser(flag) == parser(row), (
+          "--%s: %s and %s parse it differently" % (flag.name, owner, model_name))
+
+
 def test_help_lists_the_run_loop_and_model_flags_with_the_npu_file_formats():
   _, out = run_entry("--help")  # absl exits 1 after --help
   for flag in ("--train_epochs", "--train_steps", "--mode", "--tiny_hidden",

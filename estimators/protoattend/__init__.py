@@ -31,10 +31,10 @@ decays over the run). eval_cand_size 1024 (not 32768) keeps evaluation affordabl
 eval step re-encodes the candidate database.
 
 Additions: in_batch_candidates (train with the query batch as candidates, see model_fn),
-lr_schedule and warmup_steps (a cosine schedule with warm-up for short runs), optimizer
-(adamw: Adam with decoupled weight decay), resnet_depth (upstream's hard-coded depth=32),
-weight_decay (default 0: the upstream L2 regulariser is built but never added to the
-loss; with adamw the decoupled decay rate), top_k_prototypes
+lr_schedule and warmup_steps (a cosine schedule with warm-up for short runs),
+resnet_depth (upstream's hard-coded depth=32), weight_decay (default 0: the upstream L2
+regulariser is built but never added to the loss) and decoupled_weight_decay (AdamW's
+decay instead of the L2 term), top_k_prototypes
 (prediction output), eval_cand_seed (which training images form the fixed evaluation
 database), ood_eval (evaluate on test + scikit-learn digits for the OOD AUROC) and
 tfrecord_dir (where the TFRecords built from the IDX files are cached; default a folder in
@@ -59,7 +59,6 @@ from preprocessing import pad_crop_flip
 
 TFRECORD_CACHE = "fashion_mnist_tfrecords"  # default cache folder, inside --model_dir
 LR_SCHEDULES = ("exponential", "cosine")
-OPTIMIZERS = ("adam", "adamw")
 
 MODEL_FLAGS = (
     registry.Flag("img_size", "integer", fashion_mnist.IMAGE_SIZE,
@@ -78,9 +77,6 @@ MODEL_FLAGS = (
     registry.Flag("alpha_intermediate", "float", 0.5,
                   "Mix of prototype-weighted values in the joint loss.",
                   registry.within(0.0, 1.0)),
-    registry.Flag("optimizer", "enum", "adam", "adam (upstream; --weight_decay is an L2 "
-                  "loss) or adamw (Adam with decoupled weight decay: every kernel shrinks "
-                  "by learning rate x --weight_decay per step).", OPTIMIZERS),
     registry.Flag("init_learning_rate", "float", 0.001, "Initial (peak) learning rate.",
                   registry.POSITIVE),
     registry.Flag("lr_schedule", "enum", "exponential", "exponential (decay_rate every "
@@ -108,9 +104,13 @@ MODEL_FLAGS = (
                   "from its own); ignores example_cand_size. Not upstream: much cheaper on "
                   "CPU."),
     registry.Flag("resnet_depth", "integer", 32, "Encoder depth, 6n+2."),
-    registry.Flag("weight_decay", "float", 0.0, "--optimizer=adam: L2 weight of the conv "
-                  "kernels (upstream builds 2e-4 but never adds it: 0); adamw: the "
-                  "decoupled decay rate.", registry.NON_NEGATIVE),
+    registry.Flag("weight_decay", "float", 0.0, "L2 weight of the conv kernels (upstream "
+                  "builds 2e-4 but never adds it: 0); with --decoupled_weight_decay the "
+                  "AdamW decay rate.", registry.NON_NEGATIVE),
+    registry.Flag("decoupled_weight_decay", "bool", False,
+                  "AdamW instead of Adam: every kernel (conv and dense) shrinks by learning "
+                  "rate x --weight_decay per step, and no L2 term enters the loss. Not "
+                  "upstream."),
     registry.Flag("top_k_prototypes", "integer", 5, "Prototypes reported per prediction.",
                   registry.POSITIVE),
     registry.Flag("eval_cand_seed", "integer", 1,

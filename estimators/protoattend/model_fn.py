@@ -6,7 +6,7 @@ Training loss (upstream `main_protoattend.py`):
   + CE(classify((1 - a) own + a weighted)), a = alpha_intermediate  "joint"
   + sparsity_weight * (mean attention entropy - log(eps + number of candidates))
   [+ weight_decay L2, only when --weight_decay > 0; upstream builds it but never adds it]
-Adam (--optimizer=adamw: with decoupled weight decay instead of the L2 term) on
+Adam (--decoupled_weight_decay: AdamW, instead of the L2 term) on
 tf.train.exponential_decay(init_lr, step, decay_every, decay_rate) (continuous;
 --lr_schedule=cosine instead decays init_lr to 0 over the run's train_steps), after
 --warmup_steps of linear warm-up (default 0, as upstream), gradients clipped by value to
@@ -250,8 +250,8 @@ class AdamWOptimizer(tf.train.AdamOptimizer):
 
 
 def make_optimizer(learning_rate_value, config):
-  """--optimizer: upstream's Adam, or Adam with decoupled --weight_decay."""
-  if config["optimizer"] == "adamw":
+  """Upstream's Adam, or with --decoupled_weight_decay AdamW."""
+  if config["decoupled_weight_decay"]:
     return AdamWOptimizer(learning_rate_value, config["weight_decay"])
   return tf.train.AdamOptimizer(learning_rate_value)
 

@@ -15,7 +15,7 @@ Follows google-research `protoattend/model.py` (the Huawei port keeps it):
 The upstream L2 regularisers (2e-4) are created but never added to the loss; here the
 `weight_decay` argument registers them (estimators.layers.l2_regularization_loss) and the
 model_fn adds them only when --weight_decay > 0 (default 0, the upstream behaviour) with
---optimizer=adam (adamw decays the weights itself: `l2_weight_decay`).
+Adam (not with --decoupled_weight_decay, AdamW: `l2_weight_decay`).
 LayerNorm uses eps 1e-12, the tf.contrib.layers.layer_norm value upstream relies on.
 
 `build` (the network contract) is the plain classifier of a query batch: encoder and
@@ -92,14 +92,14 @@ def encoder(images, is_training, attention_dim=16, val_dim=64, final_units=256, 
 
 
 def l2_weight_decay(config):
-  """The conv kernels' L2 weight: --weight_decay with Adam, 0 with AdamW (whose decay is
-  decoupled from the loss)."""
-  return config["weight_decay"] if config["optimizer"] == "adam" else 0.0
+  """The conv kernels' L2 weight: --weight_decay, or 0 with --decoupled_weight_decay
+  (AdamW, whose decay is not a loss term)."""
+  return 0.0 if config["decoupled_weight_decay"] else config["weight_decay"]
 
 
 def encode(images, is_training, config):
   """The encoder sized by `config` (attention_dim, val_dim, final_units, resnet_depth,
-  weight_decay, optimizer): (keys, queries, values)."""
+  weight_decay, decoupled_weight_decay): (keys, queries, values)."""
   return encoder(images, is_training, attention_dim=config["attention_dim"],
                  val_dim=config["val_dim"], final_units=config["final_units"],
                  depth=config["resnet_depth"], weight_decay=l2_weight_decay(config))
