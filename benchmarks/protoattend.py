@@ -84,8 +84,8 @@ CHOICES = {
         "Unless given: --decoupled_weight_decay --weight_decay=%g, AdamW: Adam with "
         "decoupled weight decay (not upstream: Adam without any decay). Measured over "
         "60 min (TF 2.15 bf16, cosine 1e-3, 2026-12-03): Adam 93.30 %% (flat from "
-        "16,500 steps), AdamW "
-        "0.05 93.75 %% (still rising at the end). At 5,000 steps the three are alike: "
+        "16,500 steps), AdamW 0.05 93.75 %% (still rising at the end). At 5,000 steps "
+        "the three are alike: "
         "Adam 91.29 %%, Adam + upstream's L2 2e-4 91.36 %%, AdamW 91.37 %%. SGD with "
         "momentum 0.9 at 0.05 collapsed the attention (every query on one prototype, "
         "10 %% at 2,500 steps)." % RECIPE_WEIGHT_DECAY),

@@ -233,20 +233,20 @@ class AdamWOptimizer(tf.train.AdamOptimizer):
     super(AdamWOptimizer, self).__init__(learning_rate)
     self._weight_decay = weight_decay
 
-  def _decayed(self, var, apply_update):
+  def _decay(self, var):
+    """[the op shrinking `var`] for a kernel, [] for any other variable."""
     if "/kernel" not in var.name:
-      return apply_update()
+      return []
     rate = tf.cast(self._lr_t * self._weight_decay, var.dtype.base_dtype)
-    with tf.control_dependencies([tf.assign_sub(var, rate * var)]):
-      return apply_update()
+    return [tf.assign_sub(var, rate * var)]
 
   def _apply_dense(self, grad, var):
-    parent = super(AdamWOptimizer, self)
-    return self._decayed(var, lambda: parent._apply_dense(grad, var))
+    with tf.control_dependencies(self._decay(var)):
+      return super(AdamWOptimizer, self)._apply_dense(grad, var)
 
   def _resource_apply_dense(self, grad, var):
-    parent = super(AdamWOptimizer, self)
-    return self._decayed(var, lambda: parent._resource_apply_dense(grad, var))
+    with tf.control_dependencies(self._decay(var)):
+      return super(AdamWOptimizer, self)._resource_apply_dense(grad, var)
 
 
 def make_optimizer(learning_rate_value, config):
