@@ -5,8 +5,10 @@ from the last checkpoint), evaluating the whole test set (+ the OOD digits) afte
 chunk ends after --eval_every_steps steps or --eval_every_minutes; the run stops at
 --max_steps or after --max_minutes of training (train calls' wall time: graph build,
 session, checkpoints). --max_steps=0 (the default) fits the length to --max_minutes: the
-first chunk is the warm-up, whose learning rate does not depend on the length, and its
-speed fixes max_steps (where the cosine schedule ends). JSON (stdout's last line): the
+first chunk is the warm-up, whose learning rate does not depend on the length; its speed
+sets max_steps (where the cosine schedule ends), and each later chunk sets it again from
+the speed of all chunks so far, so that the schedule ends with the minutes on a machine
+whose speed drifts. JSON (stdout's last line): the
 curve, best accuracies, when the Ascend port's 93.81 % was first reached, timings, the
 input pipeline's rate, the settings, the best accuracy and steps/s as ratios to the
 target, the run before issue 16 and --previous, and the machine's matmul peak measured in
@@ -90,8 +92,10 @@ CHOICES = {
         "momentum 0.9 at 0.05 collapsed the attention (every query on one prototype, "
         "10 %% at 2,500 steps)." % RECIPE_WEIGHT_DECAY),
     "max_steps": (
-        "Default 0: fitted to --max_minutes after the warm-up (see the module docstring), "
-        "so the cosine ends inside the budget on any machine or load; this 2-core "
+        "Default 0: fitted to --max_minutes after the warm-up and again after each chunk "
+        "(see the module docstring), so the cosine ends inside the budget on any machine "
+        "or load (a length fitted once, at the warm-up's 6.4 steps/s, left the last 7 %% "
+        "of the cosine unrun at a steady 6.0 on 2026-12-03); this 2-core "
         "machine ran 5.3-8.6 steps/s on different days (TF 2.15 bf16), TF 1.15 fp32 2.0. "
         "decay_every (the exponential schedule's) is max_steps / %d unless given, the "
         "published runs' shape (Huawei 100000 / 2000)." % HUAWEI_DECAYS_PER_RUN),
@@ -124,7 +128,7 @@ OPTIONS = (  # (name, default, help[, valid]) of the benchmark's own options
     ("max_minutes", 60.0, "Stop after this much training wall time (evaluations "
      "excluded).", registry.POSITIVE),
     ("max_steps", 0, "The run's length in steps (the learning-rate schedule's too); 0: "
-     "what fits into --max_minutes at the speed of the warm-up.", registry.NON_NEGATIVE),
+     "what fits into --max_minutes, fitted after every chunk.", registry.NON_NEGATIVE),
     ("eval_every_steps", 4000, "Training steps per chunk.", registry.POSITIVE),
     ("eval_every_minutes", 0.0, "Training minutes per chunk (0: chunks by steps only).",
      registry.NON_NEGATIVE),
@@ -280,8 +284,8 @@ def schedule_of(config):
 
 def earlier_progress(args, config, decay_source):
   """(what --resume continues from, None for a fresh run; the Config to train with: with
-  --max_steps=0 its length is the one fitted when the run began); one line when the
-  model_dir holds checkpoints of no resumable run, or of a run with another schedule."""
+  --max_steps=0 its length is the one last fitted); one line when the model_dir holds
+  checkpoints of no resumable run, or of a run with another schedule."""
   checkpoint = tf.train.latest_checkpoint(config.model_dir)
   path = os.path.join(config.model_dir, PROGRESS_FILE)
   if not checkpoint:
@@ -331,25 +335,29 @@ def fit_max_steps(args, totals, step):
                      "to time; give at least 2 steps" % step)
   steps_per_sec = steady_steps / (totals["train_wall"] - fixed)
   seconds_left = (1.0 - FIT_MARGIN) * (args.max_minutes * 60.0 - totals["train_wall"])
-  chunks_left = math.ceil(steps_per_sec * seconds_left / args.eval_every_steps)
+  chunk_cost = fixed / totals["chunks"]
+  # A full chunk takes its steps' seconds plus the fixed cost; the last may be partial.
+  chunks_left = math.ceil(seconds_left / (args.eval_every_steps / steps_per_sec + chunk_cost))
   if args.eval_every_minutes:
     chunks_left = max(chunks_left, math.ceil(seconds_left / (60.0 * args.eval_every_minutes)))
-  chunk_cost = fixed / totals["chunks"]
   return step + max(0, int(steps_per_sec * (seconds_left - chunks_left * chunk_cost)))
 
 
 def train_in_chunks(args, runner, start, decay_source, progress=None):
   """Trains chunk by chunk, evaluating after each (from `progress` when resuming); returns
   the curve, the chunks' summed figures (collections.Counter) and the last global step.
-  With --max_steps=0 the first chunk is the warm-up, whose learning rate does not depend
-  on the run's length; its speed then fixes the length (runner.config.train_steps), which
-  every later chunk's graph reads."""
+  With --max_steps=0 the first chunk of a fresh run is the warm-up, whose learning rate
+  does not depend on the run's length; after it and after every chunk that leaves training
+  to do, the length (runner.config.train_steps, which the next chunk's graph reads) is
+  fitted again to the minutes left at the speed of all chunks so far. A shorter length
+  lowers the cosine's rate a little from the next chunk on: a run whose speed was
+  overestimated still ends its schedule instead of being cut at a high rate."""
   budget = args.max_minutes * 60.0
   totals, curve, step = collections.Counter(), [], 0
   if progress:
     totals.update(progress["totals"])
     curve, step = progress["curve"], progress["step"]
-  fitting = not args.max_steps and not progress
+  fitting = not args.max_steps
   while step < runner.config.train_steps and totals["train_wall"] < budget:
     chunk_start = time.time()
     deadline = chunk_start + budget - totals["train_wall"]
@@ -357,25 +365,24 @@ def train_in_chunks(args, runner, start, decay_source, progress=None):
       deadline = min(deadline, chunk_start + 60.0 * args.eval_every_minutes)
     timer = common.StepTimer(deadline=deadline)
     target = min(step + args.eval_every_steps, runner.config.train_steps)
-    runner.train(min(target, runner.config.warmup_steps) if fitting else target,
-                 extra_hooks=[timer])
+    if fitting and not curve:
+      target = min(target, runner.config.warmup_steps)
+    runner.train(target, extra_hooks=[timer])
     totals.update(timer.totals(chunk_start, time.time()))
     with common.Stopwatch() as evaluation:
       results = runner.evaluate()
     totals.update(chunks=1, eval=evaluation.seconds)
     point = curve_point(results, runner.config, totals, evaluation.seconds, start)
-    curve.append(point)
-    sys.stderr.write("protoattend bench: %s\n" % point)
-    if point["global_step"] <= step:
-      break  # no progress (e.g. every step skipped): stop instead of looping
+    progressed = point["global_step"] > step
     step = point["global_step"]
-    if fitting:
+    if fitting and progressed and step < runner.config.train_steps:
       runner.config = with_max_steps(runner.config, fit_max_steps(args, totals, step), args,
                                      decay_source)
-      fitting = False
-      sys.stderr.write("protoattend bench: --max_steps=0: training to step %d, what fits "
-                       "into --max_minutes=%g at the warm-up's speed\n"
-                       % (runner.config.train_steps, args.max_minutes))
+      point["fitted_max_steps"] = runner.config.train_steps
+    curve.append(point)
+    sys.stderr.write("protoattend bench: %s\n" % point)
+    if not progressed:
+      break  # no progress (e.g. every step skipped): stop instead of looping
     save_progress(args, runner.config, curve, totals, step)
   return curve, totals, step
 

@@ -98,8 +98,14 @@ def test_protoattend_benchmark_fits_the_run_into_its_minutes():
                                session_setup_and_restore=3.0, first_step=2.0,
                                final_checkpoint_save=1.0)
   # 499 steps in the 50 s besides the chunk's 10 s fixed cost: 9.98 steps/s. Of the 540 s
-  # left, 97 % (523.8 s) hold ceil(9.98 * 523.8 / 1000) = 6 more chunks costing 10 s each.
-  assert protoattend.fit_max_steps(args, totals, 500) == 500 + int(9.98 * (523.8 - 60.0))
+  # left, 97 % (523.8 s) hold 4.75 more chunks of 1000 / 9.98 + 10 s: 5 fixed costs.
+  assert protoattend.fit_max_steps(args, totals, 500) == 500 + int(9.98 * (523.8 - 50.0))
+  # Fast steps, costly chunks (a tiny network): 10 steps/s; the 571.33 s left hold 28.6
+  # chunks of 100 steps (10 s) + 10 s fixed cost. Counting the chunks as if steps filled
+  # the time (58 chunks, 580 s of fixed costs) left no step at all.
+  fast = dict(totals, train_wall=11.0, steps=11)
+  fast_args = argparse.Namespace(max_minutes=10.0, eval_every_steps=100, eval_every_minutes=0.0)
+  assert protoattend.fit_max_steps(fast_args, fast, 11) == 11 + int(10.0 * (571.33 - 290.0))
   args.eval_every_minutes = 0.5  # 18 chunks of half a minute
   assert protoattend.fit_max_steps(args, totals, 500) == 500 + int(9.98 * (523.8 - 180.0))
   args.max_minutes = 1.1  # 5.8 s left: less than the fixed cost of another chunk
@@ -113,21 +119,26 @@ def test_protoattend_benchmark_fits_its_length_after_the_warmup(shared_data, tmp
   refused = run_tiny_protoattend_benchmark(shared_data, tmp_path, "--max_steps=0",
                                            "--warmup_steps=0")
   assert refused.returncode != 0 and "give --warmup_steps > 0" in refused.stderr
-  fitted_run = ("--max_steps=0", "--warmup_steps=3", "--max_minutes=1",
-                "--eval_every_steps=1000", "--input_batches=0",
+  fitted_run = ("--max_steps=0", "--warmup_steps=20", "--max_minutes=0.5",
+                "--eval_every_steps=150", "--input_batches=0",
                 "--model_dir=%s" % (tmp_path / "model"))
   completed = run_tiny_protoattend_benchmark(shared_data, tmp_path, *fitted_run)
   assert completed.returncode == 0, completed.stderr[-3000:]
   printed = json.loads(completed.stdout.strip().splitlines()[-1])
   settings = printed["settings"]
   assert settings["max_steps_source"] == "fitted to max_minutes"
-  assert settings["model_params"]["train_steps"] == settings["max_steps"] > 3
-  assert printed["curve"][0]["global_step"] == 3  # the warm-up chunk
+  assert settings["model_params"]["train_steps"] == settings["max_steps"] > 20
+  assert printed["curve"][0]["global_step"] == 20  # the warm-up chunk
   assert printed["curve"][0]["learning_rate"] == pytest.approx(1e-3)
-  assert printed["curve"][-1]["global_step"] <= settings["max_steps"]
-  assert "training to step %d" % settings["max_steps"] in completed.stderr
+  # The length is fitted again after every chunk that leaves training to do.
+  curve = printed["curve"]
+  assert len(curve) >= 3, curve
+  assert all("fitted_max_steps" in point for point in curve[:-1])
+  assert settings["max_steps"] == (curve[-1].get("fitted_max_steps")
+                                   or curve[-2]["fitted_max_steps"])
+  assert curve[-1]["global_step"] <= settings["max_steps"]
 
-  # Resumed, the run keeps the length fitted when it began (nothing is left to train).
+  # Resumed, the run keeps the length last fitted (nothing is left to train).
   resumed = run_tiny_protoattend_benchmark(shared_data, tmp_path, "--resume", *fitted_run)
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   again = json.loads(resumed.stdout.strip().splitlines()[-1])
