@@ -349,7 +349,7 @@ def train_in_chunks(args, runner, start, decay_source, progress=None):
   With --max_steps=0 the first chunk of a fresh run is the warm-up, whose learning rate
   does not depend on the run's length; after it and after every chunk that leaves training
   to do, the length (runner.config.train_steps, which the next chunk's graph reads) is
-  fitted again to the minutes left at the speed of all chunks so far. A shorter length
+  fitted again to the minutes left (if any) at the speed of all chunks so far. A shorter length
   lowers the cosine's rate a little from the next chunk on: a run whose speed was
   overestimated still ends its schedule instead of being cut at a high rate."""
   budget = args.max_minutes * 60.0
@@ -375,7 +375,8 @@ def train_in_chunks(args, runner, start, decay_source, progress=None):
     point = curve_point(results, runner.config, totals, evaluation.seconds, start)
     progressed = point["global_step"] > step
     step = point["global_step"]
-    if fitting and progressed and step < runner.config.train_steps:
+    if (fitting and progressed and step < runner.config.train_steps
+        and totals["train_wall"] < budget):
       runner.config = with_max_steps(runner.config, fit_max_steps(args, totals, step), args,
                                      decay_source)
       point["fitted_max_steps"] = runner.config.train_steps

@@ -119,6 +119,11 @@ def test_protoattend_benchmark_fits_its_length_after_the_warmup(shared_data, tmp
   refused = run_tiny_protoattend_benchmark(shared_data, tmp_path, "--max_steps=0",
                                            "--warmup_steps=0")
   assert refused.returncode != 0 and "give --warmup_steps > 0" in refused.stderr
+  # Out of time in the warm-up: reported as such, not refitted to the step reached.
+  cut = run_tiny_protoattend_benchmark(shared_data, tmp_path, "--max_steps=0",
+                                       "--max_minutes=0.00001", "--input_batches=0")
+  assert cut.returncode == 0, cut.stderr[-3000:]
+  assert json.loads(cut.stdout.strip().splitlines()[-1])["stopped_by"] == "max_minutes"
   fitted_run = ("--max_steps=0", "--warmup_steps=20", "--max_minutes=0.5",
                 "--eval_every_steps=150", "--input_batches=0",
                 "--model_dir=%s" % (tmp_path / "model"))
