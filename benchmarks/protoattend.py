@@ -8,9 +8,9 @@ session, checkpoints). --max_steps=0 (the default) fits the length to --max_minu
 first chunk is the warm-up, whose learning rate does not depend on the length; its speed
 sets max_steps (where the cosine schedule ends), and each later chunk sets it again from
 the speed of all chunks so far, so that the schedule ends with the minutes on a machine
-whose speed drifts. JSON (stdout's last line): the
-curve, best accuracies, when the Ascend port's 93.81 % was first reached, timings, the
-input pipeline's rate, the settings, the best accuracy and steps/s as ratios to the
+whose speed drifts. JSON (stdout's last line): the curve (with the length fitted after
+each point), best accuracies, when the Ascend port's 93.81 % was first reached, timings,
+the input pipeline's rate, the settings, the best accuracy and steps/s as ratios to the
 target, the run before issue 16 and --previous, and the machine's matmul peak measured in
 the same run.
 
@@ -347,9 +347,9 @@ def train_in_chunks(args, runner, start, decay_source, progress=None):
   """Trains chunk by chunk, evaluating after each (from `progress` when resuming); returns
   the curve, the chunks' summed figures (collections.Counter) and the last global step.
   With --max_steps=0 the first chunk of a fresh run is the warm-up, whose learning rate
-  does not depend on the run's length; after it and after every chunk that leaves training
-  to do, the length (runner.config.train_steps, which the next chunk's graph reads) is
-  fitted again to the minutes left (if any) at the speed of all chunks so far. A shorter length
+  does not depend on the run's length; after it and after every chunk that leaves
+  training and minutes to do, the length (runner.config.train_steps, which the next
+  chunk's graph reads) is fitted again at the speed of all chunks so far. A shorter length
   lowers the cosine's rate a little from the next chunk on: a run whose speed was
   overestimated still ends its schedule instead of being cut at a high rate."""
   budget = args.max_minutes * 60.0
