@@ -95,8 +95,9 @@ CHOICES = {
         "Default 0: fitted to --max_minutes after the warm-up and again after each chunk "
         "(see the module docstring), so the cosine ends inside the budget on any machine "
         "or load (a length fitted once, at the warm-up's 6.4 steps/s, left the last 7 %% "
-        "of the cosine unrun at a steady 6.0 on 2026-12-03); this 2-core "
-        "machine ran 5.3-8.6 steps/s on different days (TF 2.15 bf16), TF 1.15 fp32 2.0. "
+        "of the cosine unrun at a steady 6.0 on 2026-12-03); this 2-core machine ran "
+        "4.8-8.6 steps/s from day to day and within a run (TF 2.15 bf16), TF 1.15 fp32 "
+        "2.0. "
         "decay_every (the exponential schedule's) is max_steps / %d unless given, the "
         "published runs' shape (Huawei 100000 / 2000)." % HUAWEI_DECAYS_PER_RUN),
     "evaluation": (
